@@ -1,0 +1,401 @@
+//! Noise schedules: the maps between time `t`, log-SNR `λ = ln(α²/σ²)`, `α` and `σ`, for
+//! `z_t = α_t·x + σ_t·ε`; time grids for the solvers; and the operator's output-time presets.
+//!
+//! Three families:
+//! - [`Schedule::VpCosine`]: the cosine log-SNR schedule of the DSNO teacher (METHOD.md §2),
+//!   `λ(t) = −2 ln tan(a·t + b)`, clipped to `[λ_min, λ_max]` through `a`, `b`. With
+//!   `θ = a·t + b` it is exactly `α = cos θ`, `σ = sin θ`.
+//! - [`Schedule::VpLinear`]: DDPM's linear β (Ho et al. 2020, β from 1e-4 to 0.02 over 1000
+//!   steps) in its continuous-time form `β(t) = β₀ + t(β₁ − β₀)`, β₀ = 0.1, β₁ = 20, t ∈ [0, 1]
+//!   (Song et al. 2021): `ln α = −½∫₀ᵗ β`.
+//! - [`Schedule::Edm`]: variance-exploding σ of EDM (Karras et al. 2022): `t = σ`, `α = 1`,
+//!   with the ρ = 7 step grid.
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// A noise schedule `t ↦ (α_t, σ_t)`. Time runs from the data (`t_min`) to the noise (`t_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine log-SNR: `λ(t) = −2 ln tan(a t + b)`, `b = atan(e^{−λmax/2})`,
+    /// `a = atan(e^{−λmin/2}) − b`; t ∈ [0, 1].
+    VpCosine { lambda_min: f64, lambda_max: f64 },
+    /// Continuous linear β: `β(t) = beta_min + t (beta_max − beta_min)`; t ∈ [0, 1] (λ(0) = +∞).
+    VpLinear { beta_min: f64, beta_max: f64 },
+    /// EDM: `σ(t) = t`, `α = 1`; t ∈ [0, sigma_max]; `rho` shapes [`Schedule::karras_grid`].
+    Edm {
+        sigma_min: f64,
+        sigma_max: f64,
+        rho: f64,
+    },
+}
+
+impl Default for Schedule {
+    /// The DSNO teacher's schedule: cosine log-SNR with λ ∈ [−20, 20].
+    fn default() -> Self {
+        Schedule::vp_cosine()
+    }
+}
+
+/// `ln(1 + e^x)` without overflow.
+fn softplus(x: f64) -> f64 {
+    if x > 30.0 {
+        x + (-x).exp()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+impl Schedule {
+    /// The DSNO teacher's schedule (METHOD.md §2): λ ∈ [−20, 20].
+    pub fn vp_cosine() -> Self {
+        Schedule::VpCosine {
+            lambda_min: -20.0,
+            lambda_max: 20.0,
+        }
+    }
+    /// DDPM's linear β (1e-4 … 0.02 over 1000 steps) in continuous time.
+    pub fn vp_linear() -> Self {
+        Schedule::VpLinear {
+            beta_min: 0.1,
+            beta_max: 20.0,
+        }
+    }
+    /// EDM's σ ∈ [0.002, 80] with ρ = 7.
+    pub fn edm() -> Self {
+        Schedule::Edm {
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            rho: 7.0,
+        }
+    }
+
+    /// Parses `vp-cosine`, `vp-linear` or `edm` (default parameters).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "vp-cosine" | "cosine" => Ok(Self::vp_cosine()),
+            "vp-linear" | "linear" => Ok(Self::vp_linear()),
+            "edm" => Ok(Self::edm()),
+            _ => Err(Error::invalid(format!(
+                "unknown schedule `{name}`: expected vp-cosine, vp-linear or edm"
+            ))),
+        }
+    }
+
+    /// `(a, b)` of the cosine schedule: `θ(t) = a t + b`.
+    fn cosine_ab(lambda_min: f64, lambda_max: f64) -> (f64, f64) {
+        let b = (-lambda_max / 2.0).exp().atan();
+        let a = (-lambda_min / 2.0).exp().atan() - b;
+        (a, b)
+    }
+
+    /// `ln α²` for the linear-β schedule: `−(β₀ t + ½(β₁ − β₀) t²)`.
+    fn linear_log_alpha2(beta_min: f64, beta_max: f64, t: f64) -> f64 {
+        -(beta_min * t + 0.5 * (beta_max - beta_min) * t * t)
+    }
+
+    /// The time interval `(t_min, t_max)`: data at `t_min`, noise at `t_max`.
+    pub fn t_range(&self) -> (f64, f64) {
+        match *self {
+            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } => (0.0, 1.0),
+            Schedule::Edm { sigma_max, .. } => (0.0, sigma_max),
+        }
+    }
+
+    /// The smallest time at which λ is finite: 0 for the cosine schedule (λ(0) = λ_max), 1e-3
+    /// for the linear one (its usual ODE cut-off), σ_min for EDM.
+    pub fn t_min_finite(&self) -> f64 {
+        match *self {
+            Schedule::VpCosine { .. } => 0.0,
+            Schedule::VpLinear { .. } => 1e-3,
+            Schedule::Edm { sigma_min, .. } => sigma_min,
+        }
+    }
+
+    /// Whether `z_t` keeps unit variance for unit-variance data (α² + σ² = 1).
+    pub fn is_variance_preserving(&self) -> bool {
+        !matches!(self, Schedule::Edm { .. })
+    }
+
+    /// Log-SNR `λ(t) = ln(α²/σ²)`; `+∞` where σ = 0.
+    pub fn lambda(&self, t: f64) -> f64 {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+                -2.0 * (a * t + b).tan().ln()
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                let g = Self::linear_log_alpha2(beta_min, beta_max, t);
+                // λ = ln α² − ln σ² = g − ln(1 − e^g)
+                g - (-g.exp_m1()).ln()
+            }
+            Schedule::Edm { .. } => -2.0 * t.ln(),
+        }
+    }
+
+    /// `dλ/dt`.
+    pub fn dlambda_dt(&self, t: f64) -> f64 {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+                let th = a * t + b;
+                -2.0 * a / (th.sin() * th.cos())
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                let beta = beta_min + t * (beta_max - beta_min);
+                let s2 = -Self::linear_log_alpha2(beta_min, beta_max, t).exp_m1();
+                -beta / s2
+            }
+            Schedule::Edm { .. } => -2.0 / t,
+        }
+    }
+
+    /// The time at which the log-SNR is `lambda` (inverse of [`Schedule::lambda`]).
+    pub fn t_of_lambda(&self, lambda: f64) -> f64 {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+                ((-lambda / 2.0).exp().atan() - b) / a
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                // ln α² = ln sigmoid(λ) = −softplus(−λ); solve ½Δ t² + β₀ t + (−g) = 0.
+                let g = -softplus(-lambda);
+                let d = beta_max - beta_min;
+                if d.abs() < 1e-12 {
+                    return -g / beta_min;
+                }
+                let disc = beta_min * beta_min - 2.0 * d * g;
+                // (−β₀ + √disc)/Δ, written without cancellation
+                (-2.0 * g) / (beta_min + disc.sqrt())
+            }
+            Schedule::Edm { .. } => (-lambda / 2.0).exp(),
+        }
+    }
+
+    /// `α_t`.
+    pub fn alpha(&self, t: f64) -> f64 {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+                (a * t + b).cos()
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                (0.5 * Self::linear_log_alpha2(beta_min, beta_max, t)).exp()
+            }
+            Schedule::Edm { .. } => 1.0,
+        }
+    }
+
+    /// `σ_t`.
+    pub fn sigma(&self, t: f64) -> f64 {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+                (a * t + b).sin()
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                (-Self::linear_log_alpha2(beta_min, beta_max, t).exp_m1()).sqrt()
+            }
+            Schedule::Edm { .. } => t,
+        }
+    }
+
+    /// `d ln α / dt` (zero for EDM).
+    pub fn dlog_alpha_dt(&self, t: f64) -> f64 {
+        match *self {
+            // ln α = ½ ln sigmoid(λ) ⇒ d ln α/dλ = ½ σ²
+            Schedule::VpCosine { .. } => 0.5 * self.sigma(t).powi(2) * self.dlambda_dt(t),
+            Schedule::VpLinear { beta_min, beta_max } => {
+                -0.5 * (beta_min + t * (beta_max - beta_min))
+            }
+            Schedule::Edm { .. } => 0.0,
+        }
+    }
+
+    /// The network's time input of METHOD.md §2: `t_in = atan(e^{−λ/2}) / (π/2)` ∈ [0, 1].
+    pub fn t_input(&self, t: f64) -> f64 {
+        (-self.lambda(t) / 2.0).exp().atan() / std::f64::consts::FRAC_PI_2
+    }
+
+    /// `n + 1` times uniform in t from `t_start` down to `t_end` (n steps).
+    pub fn uniform_grid(t_start: f64, t_end: f64, n: usize) -> Vec<f64> {
+        (0..=n)
+            .map(|i| t_start + (t_end - t_start) * i as f64 / n as f64)
+            .collect()
+    }
+
+    /// `n + 1` times uniform in log-SNR λ from `t_start` to `t_end` (needs finite λ at both ends).
+    pub fn lambda_grid(&self, t_start: f64, t_end: f64, n: usize) -> Vec<f64> {
+        let (l0, l1) = (self.lambda(t_start), self.lambda(t_end));
+        let mut g: Vec<f64> = (0..=n)
+            .map(|i| self.t_of_lambda(l0 + (l1 - l0) * i as f64 / n as f64))
+            .collect();
+        g[0] = t_start;
+        g[n] = t_end;
+        g
+    }
+
+    /// `n + 1` times from `t_start` down to `t_end`, dense near `t_end`: `t_i = t_end + (t_start −
+    /// t_end)·((n − i)/n)²` (the "time_quadratic" spacing of DPM-Solver).
+    pub fn quadratic_grid(t_start: f64, t_end: f64, n: usize) -> Vec<f64> {
+        (0..=n)
+            .map(|i| t_end + (t_start - t_end) * ((n - i) as f64 / n as f64).powi(2))
+            .collect()
+    }
+
+    /// The step grid of EDM (Karras et al. 2022, eq. 5): `n` times from σ_max to σ_min spaced
+    /// uniformly in `σ^{1/ρ}`, then `0` appended (n steps in all). Times are σ values, as
+    /// [`Schedule::Edm`] uses them.
+    pub fn karras_grid(sigma_min: f64, sigma_max: f64, rho: f64, n: usize) -> Vec<f64> {
+        assert!(n >= 1);
+        let (a, b) = (sigma_max.powf(1.0 / rho), sigma_min.powf(1.0 / rho));
+        let mut g: Vec<f64> = if n == 1 {
+            vec![sigma_max]
+        } else {
+            (0..n)
+                .map(|i| (a + (b - a) * i as f64 / (n - 1) as f64).powf(rho))
+                .collect()
+        };
+        g.push(0.0);
+        g
+    }
+
+    /// The natural `n`-step grid of this schedule: uniform in t for the VP schedules (as the
+    /// DSNO authors' DDIM), the ρ = 7 grid for EDM.
+    pub fn default_grid(&self, n: usize) -> Vec<f64> {
+        match *self {
+            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } => {
+                Self::uniform_grid(1.0, 0.0, n)
+            }
+            Schedule::Edm {
+                sigma_min,
+                sigma_max,
+                rho,
+            } => Self::karras_grid(sigma_min, sigma_max, rho, n),
+        }
+    }
+}
+
+/// The discrete DDPM schedule: `ᾱ_n = Π_{i≤n}(1 − β_i)`, β linear from `beta_1` to `beta_N`
+/// over `steps` steps (Ho et al. 2020: 1e-4, 0.02, 1000). Returns `ᾱ_1 … ᾱ_N`.
+pub fn ddpm_alpha_bars(beta_1: f64, beta_n: f64, steps: usize) -> Vec<f64> {
+    let mut acc = 1.0;
+    (0..steps)
+        .map(|i| {
+            let beta = beta_1 + (beta_n - beta_1) * i as f64 / (steps - 1) as f64;
+            acc *= 1.0 - beta;
+            acc
+        })
+        .collect()
+}
+
+/// Parses the operator's output times: `quad:M` (`t_m = ((M − m)/M)²`, the authors' CIFAR-10
+/// choice: 0.5625, 0.25, 0.0625, 0 for M = 4), `uniform:M` (`t_m = (M − m)/M`, the ImageNet-64
+/// choice), or an explicit comma-separated list (strictly decreasing, in [0, 1]).
+pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
+    let spec = spec.trim();
+    let preset = |name: &str, rest: &str| -> Result<usize> {
+        let m: usize = rest.parse().map_err(|_| {
+            Error::invalid(format!(
+                "output times `{spec}`: `{name}:M` needs an integer M ≥ 1"
+            ))
+        })?;
+        if m == 0 {
+            return Err(Error::invalid(format!(
+                "output times `{spec}`: M must be at least 1"
+            )));
+        }
+        Ok(m)
+    };
+    let times: Vec<f64> = if let Some(rest) = spec.strip_prefix("quad:") {
+        let m = preset("quad", rest)?;
+        (1..=m)
+            .map(|i| ((m - i) as f64 / m as f64).powi(2))
+            .collect()
+    } else if let Some(rest) = spec.strip_prefix("uniform:") {
+        let m = preset("uniform", rest)?;
+        (1..=m).map(|i| (m - i) as f64 / m as f64).collect()
+    } else {
+        spec.split(',')
+            .map(|s| {
+                s.trim().parse::<f64>().map_err(|_| {
+                    Error::invalid(format!(
+                        "output times `{spec}`: `{s}` is not a number (expected quad:M, uniform:M or a list like 0.75,0.5,0)"
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if times.is_empty() {
+        return Err(Error::invalid(format!("output times `{spec}`: empty")));
+    }
+    for w in times.windows(2) {
+        if w[1] >= w[0] {
+            return Err(Error::invalid(format!(
+                "output times `{spec}`: must be strictly decreasing ({} then {})",
+                w[0], w[1]
+            )));
+        }
+    }
+    if times.iter().any(|t| !t.is_finite() || *t < 0.0 || *t > 1.0) {
+        return Err(Error::invalid(format!(
+            "output times `{spec}`: every time must lie in [0, 1]"
+        )));
+    }
+    Ok(times)
+}
+
+/// A grid of `n_steps` steps from `t_start` down to the last output time that passes through
+/// every output time: each segment between consecutive stops gets a number of uniform steps
+/// proportional to its length (at least one), so that the output times lie exactly on the grid.
+pub fn grid_through(t_start: f64, outputs: &[f64], n_steps: usize) -> Result<Vec<f64>> {
+    let mut stops = vec![t_start];
+    stops.extend(outputs.iter().copied().filter(|&t| t < t_start));
+    let segs = stops.len() - 1;
+    if segs == 0 || n_steps < segs {
+        return Err(Error::invalid(format!(
+            "a grid through {segs} output time(s) needs at least {segs} steps, got {n_steps}"
+        )));
+    }
+    let total = t_start - stops[segs];
+    // Largest-remainder apportionment of n_steps over the segments, one step minimum each.
+    let exact: Vec<f64> = (0..segs)
+        .map(|i| (stops[i] - stops[i + 1]) / total * n_steps as f64)
+        .collect();
+    let mut counts: Vec<usize> = exact.iter().map(|e| (e.floor() as usize).max(1)).collect();
+    while counts.iter().sum::<usize>() > n_steps {
+        let i = (0..segs).filter(|&i| counts[i] > 1).max_by(|&a, &b| {
+            (counts[a] as f64 - exact[a]).total_cmp(&(counts[b] as f64 - exact[b]))
+        });
+        counts[i.expect("n_steps >= segs")] -= 1;
+    }
+    while counts.iter().sum::<usize>() < n_steps {
+        let i = (0..segs)
+            .max_by(|&a, &b| {
+                (exact[a] - counts[a] as f64).total_cmp(&(exact[b] - counts[b] as f64))
+            })
+            .unwrap();
+        counts[i] += 1;
+    }
+    let mut grid = vec![t_start];
+    for i in 0..segs {
+        let seg = Schedule::uniform_grid(stops[i], stops[i + 1], counts[i]);
+        grid.extend_from_slice(&seg[1..]);
+    }
+    Ok(grid)
+}
