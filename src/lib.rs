@@ -13,13 +13,20 @@
 //!
 //! Tensors are libtorch's, through `tch`; see `docs/` for the design and the method.
 
+pub mod checkpoint;
+pub mod data;
 pub mod denoiser;
 pub mod device;
 pub mod error;
 pub mod fsio;
 pub mod image;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod operator;
 pub mod rng;
 pub mod schedule;
 pub mod solver;
+pub mod train;
 
 pub use error::{Error, Result};

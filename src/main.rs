@@ -26,8 +26,8 @@ struct Cli {
 enum Command {
     /// Draw samples and write them as a PNG.
     Sample(SampleArgs),
-    /// Train a diffusion teacher (not implemented yet).
-    TrainTeacher(Pending),
+    /// Train a diffusion teacher (x-prediction) from a TOML config.
+    TrainTeacher(TrainTeacherArgs),
     /// Solve the teacher's ODE and store trajectories for distillation (not implemented yet).
     Trajectories(Pending),
     /// Distil the teacher into a one-step DSNO operator (not implemented yet).
@@ -43,6 +43,25 @@ enum Command {
 struct Pending {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct TrainTeacherArgs {
+    /// TOML config (presets in configs/: toy2d, mnist, fashion-mnist).
+    #[arg(long)]
+    config: PathBuf,
+    /// Folder with the IDX files (train-images-idx3-ubyte[.gz], …) for image data sets.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output folder: ckpt.safetensors (training state), model.safetensors (EMA), log.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from <out>/ckpt.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Override the number of training steps of the config.
+    #[arg(long)]
+    steps: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -89,12 +108,86 @@ fn run(cli: Cli) -> Result<()> {
     let device = dsno::device::parse_device(&cli.device)?;
     match cli.command {
         Command::Sample(a) => sample(a, device),
-        Command::TrainTeacher(_) => pending("train-teacher"),
+        Command::TrainTeacher(a) => train_teacher(a, device),
         Command::Trajectories(_) => pending("trajectories"),
         Command::Distill(_) => pending("distill"),
         Command::Eval(_) => pending("eval"),
         Command::Bench(_) => pending("bench"),
     }
+}
+
+fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
+    use dsno::train::teacher::{train, TeacherConfig};
+    let mut cfg = TeacherConfig::load(&a.config)?;
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    let data = cfg.data.load(a.data.as_deref())?;
+    println!(
+        "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
+        cfg.model.num_params(),
+        data.size()[0],
+        cfg.data.name(),
+        cfg.train.steps,
+        cfg.train.batch_size,
+        dsno::device::describe(device)
+    );
+    let s = train(&cfg, data, &a.out, a.resume, device, true)?;
+    println!(
+        "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
+        s.start_step,
+        s.end_step,
+        s.seconds,
+        s.last_loss,
+        a.out.join("model.safetensors").display()
+    );
+    Ok(())
+}
+
+/// Samples a teacher checkpoint with an ODE solver.
+fn sample_checkpoint(a: &SampleArgs, path: &std::path::Path, device: tch::Device) -> Result<()> {
+    let teacher = dsno::model::Teacher::load(path, device)?;
+    let solver = Solver::from_name(&a.solver)?;
+    let schedule = teacher.schedule();
+    let grid = solver.default_grid(&schedule, a.steps);
+    let shape = teacher.meta.model.sample_shape();
+    let x_t = dsno::rng::noise(a.seed, 0..a.count as u64, &shape, Kind::Float, device)
+        * schedule.sigma(grid[0]);
+    let start = Instant::now();
+    let traj = solver.solve(&teacher, &schedule, &x_t, &grid, &[])?;
+    let secs = start.elapsed().as_secs_f64();
+    let out = traj.end.to_device(tch::Device::Cpu);
+    if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
+        // toy data: report the sliced Wasserstein-2 distance to fresh data points
+        let data = dsno::data::toy2d::sample(name, a.count, a.seed ^ 0x5eed)?;
+        let noise = x_t.to_device(tch::Device::Cpu);
+        println!(
+            "sliced W2 to {} fresh {name} points: samples {:.4}, initial noise {:.4}",
+            a.count,
+            dsno::metrics::sliced_wasserstein(&out, &data, 64, 0)?,
+            dsno::metrics::sliced_wasserstein(&noise, &data, 64, 0)?
+        );
+    }
+    let img = if shape.len() == 1 {
+        dsno::image::scatter(&out, 3.0, 512)?
+    } else {
+        let cols = (a.count as f64).sqrt().ceil() as usize;
+        dsno::image::grid(&out, cols, 2)?
+    };
+    img.save_png(&a.out)?;
+    println!(
+        "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
+        path.display(),
+        teacher.meta.dataset,
+        solver.name(),
+        a.steps,
+        a.count,
+        dsno::device::describe(device),
+        traj.nfe,
+        secs,
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn pending(name: &str) -> Result<()> {
@@ -106,7 +199,7 @@ fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
         bail!("--count must be at least 1");
     }
     if let Some(model) = &a.model {
-        bail!("sampling from a checkpoint ({}) is not implemented yet; omit --model for the toy model", model.display());
+        return sample_checkpoint(&a, model, device);
     }
     if a.steps == 0 {
         bail!("--steps must be at least 1");

@@ -32,7 +32,7 @@ pub enum Solver {
     /// Explicit Euler on the PF-ODE in the schedule's time, first order.
     Euler,
     /// Heun's method, EDM Algorithm 1 (Karras et al. 2022), second order; Euler for a final
-    /// step onto σ = 0.
+    /// step onto the data end (σ = 0 or t = 0).
     Heun,
     /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), second-order multistep in log-SNR.
     DpmSolver2M,
@@ -332,7 +332,9 @@ fn euler(
     Ok(z)
 }
 
-/// Heun (EDM Algorithm 1): Euler predictor, trapezoidal corrector; plain Euler onto σ = 0.
+/// Heun (EDM Algorithm 1): Euler predictor, trapezoidal corrector; plain Euler for the step
+/// onto the data end of the schedule (σ = 0, or t = 0 of the cosine schedule, where λ' is
+/// ~10⁴ and the corrector would amplify any error of the denoiser there).
 fn heun(
     d: &Counting,
     sch: &Schedule,
@@ -346,7 +348,7 @@ fn heun(
         let x = d.d(&z, t)?;
         let v1 = velocity(sch, &z, &x, t);
         let euler = &z + &v1 * (s - t);
-        let z_next = if sch.sigma(s) == 0.0 {
+        let z_next = if sch.sigma(s) == 0.0 || s <= sch.t_range().0 {
             euler
         } else {
             let x2 = d.d(&euler, s)?;

@@ -1,0 +1,245 @@
+//! Checkpoints: one `.safetensors` file whose metadata (key `dsno`) holds the JSON of
+//! [`CheckpointMeta`]: what the model is (backbone config, schedule, output times), the training
+//! step and the data set, so every checkpoint is self-describing and readable from Python
+//! (`safetensors.torch.load_file`, `safe_open(...).metadata()`).
+//!
+//! Tensor names: the model's own variable names hold the weights to sample with (the EMA);
+//! training checkpoints add `train/params/<name>`, `train/adam_m/<name>`, `train/adam_v/<name>`.
+//! Writes are atomic (temporary name, then rename).
+use crate::fsio::write_atomic;
+use crate::nn::ModelConfig;
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A diffusion model: a denoiser D(z_t, t).
+    Teacher,
+    /// A DSNO operator: x_T → trajectory at the output times.
+    Dsno,
+    /// A one-step knowledge-distillation student: x_T → sample.
+    Kd,
+}
+
+/// The metadata of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub kind: ModelKind,
+    pub model: ModelConfig,
+    pub schedule: Schedule,
+    /// Training steps taken.
+    pub step: u64,
+    /// The data set the model was trained on.
+    pub dataset: String,
+    /// Output times of an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<Vec<f64>>,
+    /// Fourier modes of an operator's TimeConv layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<i64>,
+    /// The full training configuration, for resuming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<serde_json::Value>,
+}
+
+/// A loaded checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+struct Raw {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl safetensors::View for &Raw {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn dtype_of(kind: Kind) -> Result<safetensors::Dtype> {
+    use safetensors::Dtype as D;
+    Ok(match kind {
+        Kind::Float => D::F32,
+        Kind::Double => D::F64,
+        Kind::Half => D::F16,
+        Kind::BFloat16 => D::BF16,
+        Kind::Int64 => D::I64,
+        Kind::Int => D::I32,
+        Kind::Uint8 => D::U8,
+        k => {
+            return Err(Error::invalid(format!(
+                "cannot store tensors of kind {k:?}"
+            )))
+        }
+    })
+}
+
+fn kind_of(d: safetensors::Dtype) -> Option<Kind> {
+    use safetensors::Dtype as D;
+    Some(match d {
+        D::F32 => Kind::Float,
+        D::F64 => Kind::Double,
+        D::F16 => Kind::Half,
+        D::BF16 => Kind::BFloat16,
+        D::I64 => Kind::Int64,
+        D::I32 => Kind::Int,
+        D::U8 => Kind::Uint8,
+        _ => return None,
+    })
+}
+
+fn raw(t: &Tensor, store: Option<Kind>) -> Result<Raw> {
+    let mut t = t.detach().to_device(Device::Cpu).contiguous();
+    if let Some(k) = store {
+        if t.is_floating_point() {
+            t = t.to_kind(k);
+        }
+    }
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut data, numel)?;
+    Ok(Raw {
+        dtype: dtype_of(t.kind())?,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
+}
+
+/// Serialises `tensors` with `meta` (floating tensors stored as `store` if given, e.g.
+/// `Kind::Half` for bundled models) and writes `path` atomically.
+pub fn save(
+    path: &Path,
+    meta: &CheckpointMeta,
+    tensors: &[(String, Tensor)],
+    store: Option<Kind>,
+) -> Result<()> {
+    let raws: Vec<(String, Raw)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
+        .collect::<Result<_>>()?;
+    let json = serde_json::to_string(meta)
+        .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
+    let info = HashMap::from([
+        ("dsno".to_string(), json),
+        ("format".to_string(), "dsno-checkpoint-1".to_string()),
+    ]);
+    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(info))
+        .map_err(|e| Error::file(path, format!("cannot serialise checkpoint: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a checkpoint (tensors on the CPU, in their stored kind).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors checkpoint ({e})")))?;
+    let json = md
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("dsno"))
+        .ok_or_else(|| Error::file(path, "no dsno metadata: not a dsno checkpoint"))?;
+    let meta: CheckpointMeta = serde_json::from_str(json)
+        .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("corrupt safetensors data ({e})")))?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+    }
+    Ok(Checkpoint { meta, tensors })
+}
+
+impl Checkpoint {
+    /// Copies the tensors named `prefix + name` into every variable `name` of `vs`; a missing
+    /// key or a shape mismatch is an error naming the file and the key.
+    pub fn load_into(&self, vs: &nn::VarStore, prefix: &str, path: &Path) -> Result<()> {
+        self.load_into_filtered(vs, prefix, path, |_| true)
+    }
+
+    /// As [`Checkpoint::load_into`], for the variables whose name passes `filter` only.
+    pub fn load_into_filtered(
+        &self,
+        vs: &nn::VarStore,
+        prefix: &str,
+        path: &Path,
+        filter: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        let vars = vs.variables();
+        let mut names: Vec<&String> = vars.keys().filter(|n| filter(n)).collect();
+        names.sort();
+        for name in names {
+            let key = format!("{prefix}{name}");
+            let src = self.tensors.get(&key).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("missing tensor `{key}` (the checkpoint does not match the model)"),
+                )
+            })?;
+            let mut dst = vars[name].shallow_clone();
+            if src.size() != dst.size() {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "tensor `{key}` has shape {:?}, the model expects {:?}",
+                        src.size(),
+                        dst.size()
+                    ),
+                ));
+            }
+            dst.f_copy_(&src.to_kind(dst.kind()).to_device(dst.device()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The variables of `vs` as `(prefix + name, tensor)` pairs, sorted by name.
+pub fn named(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A short content hash of a file (FNV-1a 64 over its bytes), hex.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    Ok(format!("{h:016x}"))
+}

@@ -1,0 +1,94 @@
+//! Networks: the U-Net of the teacher ([`unet`]), an MLP for 2-D toy data ([`mlp`]), their
+//! time embedding ([`embedding`]) and DSNO's Fourier temporal layer ([`timeconv`]).
+//!
+//! A [`Backbone`] is split so that the operator can run it on M time slots at once and insert a
+//! TimeConv after every non-resampling block: `stem` (the input layer), `body` (everything
+//! after it) with a hook called after each of those blocks, and `embed` (the time embedding).
+pub mod embedding;
+pub mod mlp;
+pub mod timeconv;
+pub mod unet;
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+/// A network split into stem, body (with hook slots) and time embedding.
+pub trait Backbone: Send {
+    /// The time embedding of a batch of network times `t_in` ∈ [0, 1], shape `[N]` → `[N, E]`.
+    fn embed(&self, t_in: &Tensor) -> Tensor;
+    /// The input layer (the U-Net's `conv_in`, the MLP's input projection).
+    fn stem(&self, x: &Tensor) -> Tensor;
+    /// Everything after the stem. `hook(slot, h)` is called on the output of every
+    /// non-resampling block, in order; the teacher passes the identity.
+    fn body(
+        &self,
+        h: Tensor,
+        emb: &Tensor,
+        train: bool,
+        hook: &mut dyn FnMut(usize, Tensor) -> Tensor,
+    ) -> Tensor;
+    /// The channel count at each hook slot.
+    fn slot_channels(&self) -> Vec<i64>;
+    /// Shape of one input sample, e.g. `[1, 28, 28]` or `[2]`.
+    fn sample_shape(&self) -> Vec<i64>;
+    /// Multiply–add FLOPs (×2) of one forward pass of one sample (convolutions, linear layers and
+    /// attention matmuls; norms and activations are not counted).
+    fn flops_per_sample(&self) -> f64;
+
+    /// The plain network: `f(x, t_in)`.
+    fn forward_t(&self, x: &Tensor, t_in: &Tensor, train: bool) -> Tensor {
+        let emb = self.embed(t_in);
+        self.body(self.stem(x), &emb, train, &mut |_, h| h)
+    }
+}
+
+/// Which backbone, with its configuration (stored in every checkpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelConfig {
+    Unet(unet::UNetConfig),
+    Mlp(mlp::MlpConfig),
+}
+
+impl ModelConfig {
+    /// Builds the backbone's variables under `path`.
+    pub fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>> {
+        Ok(match self {
+            ModelConfig::Unet(c) => Box::new(unet::UNet::new(path, c)?),
+            ModelConfig::Mlp(c) => Box::new(mlp::Mlp::new(path, c)?),
+        })
+    }
+
+    /// The parameter count, computed without allocating.
+    pub fn num_params(&self) -> u64 {
+        match self {
+            ModelConfig::Unet(c) => c.num_params(),
+            ModelConfig::Mlp(c) => c.num_params(),
+        }
+    }
+
+    /// Shape of one data sample.
+    pub fn sample_shape(&self) -> Vec<i64> {
+        match self {
+            ModelConfig::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
+            ModelConfig::Mlp(c) => vec![c.dim],
+        }
+    }
+
+    /// Sets the dropout rate.
+    pub fn set_dropout(&mut self, p: f64) {
+        match self {
+            ModelConfig::Unet(c) => c.dropout = p,
+            ModelConfig::Mlp(c) => c.dropout = p,
+        }
+    }
+}
+
+pub(crate) fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::invalid(msg()))
+    }
+}

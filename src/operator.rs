@@ -1,0 +1,161 @@
+//! The DSNO operator (METHOD.md §3): the teacher's backbone with a TimeConv after every
+//! non-resampling block, run on M time slots at once.
+//!
+//! `h0 = stem(x_T)` is repeated M times into the `[B·M, …]` batch (b-major); slot m gets the
+//! time embedding of its output time t_m; after each hooked block the features are viewed as
+//! `[B, M, C, …]` and mixed along M by that slot's TimeConv. The output `[B, M, …]` holds the
+//! predictions x̂(t_1) … x̂(t_M); the last is the sample.
+//!
+//! Variable names: the backbone's (identical to the teacher's, so a teacher checkpoint loads
+//! into it) and `timeconv.{i}.weight` for the i-th slot.
+use crate::nn::timeconv::{DftPath, TimeConv};
+use crate::nn::{Backbone, ModelConfig};
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+/// What an operator is, beyond its backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorConfig {
+    pub backbone: ModelConfig,
+    /// Output times t_1 > … > t_M (t_M = 0 is the sample).
+    pub times: Vec<f64>,
+    /// Fourier modes kept by every TimeConv (the authors: 2).
+    pub modes: i64,
+}
+
+/// Backbone + TimeConv layers.
+pub struct Operator {
+    pub cfg: OperatorConfig,
+    pub backbone: Box<dyn Backbone>,
+    pub timeconvs: Vec<TimeConv>,
+    pub schedule: Schedule,
+}
+
+impl Operator {
+    /// Creates the variables under `p` (backbone at `p`, TimeConv under `p/timeconv`).
+    pub fn new(p: &nn::Path, cfg: &OperatorConfig, schedule: Schedule) -> Result<Self> {
+        if cfg.times.is_empty() {
+            return Err(Error::invalid("operator: no output times"));
+        }
+        let backbone = cfg.backbone.build(p)?;
+        let m = cfg.times.len() as i64;
+        let timeconvs = backbone
+            .slot_channels()
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| TimeConv::new(&(p / "timeconv" / i), c, cfg.modes, m, DftPath::Matmul))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Operator {
+            cfg: cfg.clone(),
+            backbone,
+            timeconvs,
+            schedule,
+        })
+    }
+
+    /// Number of output slots M.
+    pub fn slots(&self) -> i64 {
+        self.cfg.times.len() as i64
+    }
+
+    /// Chooses the DFT implementation of every TimeConv.
+    pub fn set_dft_path(&mut self, path: DftPath) {
+        for tc in &mut self.timeconvs {
+            tc.set_path(path);
+        }
+    }
+
+    /// `x_T` `[B, …]` → predictions at the M output times `[B, M, …]`.
+    pub fn forward(&self, x_t: &Tensor, train: bool) -> Tensor {
+        let b = x_t.size()[0];
+        let m = self.slots();
+        let dev = x_t.device();
+        let t_in: Vec<f32> = self
+            .cfg
+            .times
+            .iter()
+            .map(|&t| self.schedule.t_input(t) as f32)
+            .collect();
+        let emb = self
+            .backbone
+            .embed(&Tensor::from_slice(&t_in).to_device(dev))
+            .repeat([b, 1]);
+        let h0 = self.backbone.stem(x_t);
+        let rest: Vec<i64> = h0.size()[1..].to_vec();
+        let expand: Vec<i64> = [b, m].iter().chain(rest.iter()).copied().collect();
+        let h0 = h0
+            .unsqueeze(1)
+            .expand(expand.as_slice(), false)
+            .reshape([&[b * m][..], &rest[..]].concat());
+        let mut hook = |slot: usize, h: Tensor| -> Tensor {
+            let s = h.size();
+            let split: Vec<i64> = [b, m].iter().chain(s[1..].iter()).copied().collect();
+            self.timeconvs[slot]
+                .forward(&h.reshape(split.as_slice()))
+                .reshape(s.as_slice())
+        };
+        let out = self.backbone.body(h0, &emb, train, &mut hook);
+        let s = out.size();
+        out.reshape([&[b, m][..], &s[1..]].concat())
+    }
+
+    /// The sample: the last slot of [`Operator::forward`], `[B, …]`.
+    pub fn sample(&self, x_t: &Tensor) -> Tensor {
+        self.forward(x_t, false).select(1, self.slots() - 1)
+    }
+
+    /// Parameter count (backbone + TimeConv).
+    pub fn num_params(&self) -> u64 {
+        self.cfg.backbone.num_params()
+            + self
+                .backbone
+                .slot_channels()
+                .iter()
+                .map(|&c| TimeConv::num_params(c, self.cfg.modes))
+                .sum::<u64>()
+    }
+
+    /// FLOPs of one forward pass per sample: M backbone passes (minus M − 1 stems, shared)
+    /// plus the TimeConv layers.
+    pub fn flops_per_sample(&self) -> f64 {
+        let m = self.slots();
+        let per_slot = self.backbone.flops_per_sample();
+        let shapes = self.slot_positions();
+        let tc: f64 = self
+            .backbone
+            .slot_channels()
+            .iter()
+            .zip(shapes)
+            .map(|(&c, p)| TimeConv::flops(c, self.cfg.modes, m, p))
+            .sum();
+        m as f64 * per_slot + tc
+    }
+
+    /// Spatial positions at each hook slot, found by one probe forward pass on one sample.
+    fn slot_positions(&self) -> Vec<i64> {
+        let _g = tch::no_grad_guard();
+        let shape: Vec<i64> = [1]
+            .iter()
+            .chain(self.backbone.sample_shape().iter())
+            .copied()
+            .collect();
+        let dev = self
+            .timeconvs
+            .first()
+            .map(|t| t.weight.device())
+            .unwrap_or(tch::Device::Cpu);
+        let x = Tensor::zeros(shape.as_slice(), (Kind::Float, dev));
+        let emb = self.backbone.embed(&Tensor::zeros([1], (Kind::Float, dev)));
+        let mut out = vec![];
+        let mut hook = |_: usize, h: Tensor| {
+            out.push(h.size()[2..].iter().product::<i64>());
+            h
+        };
+        let _ = self
+            .backbone
+            .body(self.backbone.stem(&x), &emb, false, &mut hook);
+        out
+    }
+}

@@ -1,0 +1,373 @@
+//! Training: the shared loop ([`run`]: seeded steps, Adam with warm-up, clipping, EMA,
+//! checkpoints, exact resume, progress bar and CSV log) and the teacher's objective
+//! ([`teacher`]).
+pub mod optim;
+pub mod teacher;
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::rng::splitmix64;
+use crate::{Error, Result};
+use optim::{learning_rate, Adam};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Tensor};
+
+/// Optimisation settings (the `[train]` section of a config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup: u64,
+    /// Steps at which the learning rate halves.
+    pub lr_halve_at: Vec<u64>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub ema_decay: f64,
+    /// Maximum global gradient norm (0: no clipping).
+    pub grad_clip: f64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            batch_size: 64,
+            lr: 2e-4,
+            warmup: 100,
+            lr_halve_at: vec![],
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            ema_decay: 0.999,
+            grad_clip: 1.0,
+            checkpoint_every: 500,
+            log_every: 50,
+            seed: 0,
+        }
+    }
+}
+
+/// The EMA decay at 0-based `step`: `min(decay, (1 + step)/(10 + step))`, so that the average
+/// forgets the random initialisation quickly in short runs (the warm-up of TensorFlow's
+/// `ExponentialMovingAverage` with `num_updates`).
+pub fn ema_decay(decay: f64, step: u64) -> f64 {
+    decay.min((1 + step) as f64 / (10 + step) as f64)
+}
+
+/// The seed of training step `step`: every random draw of a step (noise, times, dropout) comes
+/// from `tch::manual_seed(step_seed(seed, step))`, so a resumed run repeats them exactly.
+pub fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (splitmix64(&mut x) >> 1) as i64
+}
+
+/// The files of a training run in its output folder.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub dir: PathBuf,
+}
+
+impl RunFiles {
+    /// The training checkpoint (weights, EMA, optimiser state).
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("ckpt.safetensors")
+    }
+    /// The model to use: EMA weights only.
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.csv")
+    }
+}
+
+/// What one step's objective returns: the loss to minimise and extra columns for the log.
+pub struct StepLoss {
+    pub loss: Tensor,
+    pub extra: Vec<f64>,
+}
+
+/// A training run over the trainable variables of `vs`.
+pub struct Run<'a> {
+    pub vs: &'a nn::VarStore,
+    pub train: &'a TrainConfig,
+    pub files: RunFiles,
+    /// Template of the checkpoint metadata (its `step` is filled in); its `train` field holds
+    /// the full run configuration, compared on resume.
+    pub meta: CheckpointMeta,
+    /// Names of the extra log columns.
+    pub extra_columns: Vec<String>,
+    /// Samples per step (for the images/s readout).
+    pub samples_per_step: usize,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub start_step: u64,
+    pub end_step: u64,
+    pub last_loss: f64,
+    pub seconds: f64,
+}
+
+impl Run<'_> {
+    fn params(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn save(&self, step: u64, adam: &Adam) -> Result<()> {
+        let mut meta = self.meta.clone();
+        meta.step = step;
+        let mut tensors: Vec<(String, Tensor)> = vec![];
+        let mut model: Vec<(String, Tensor)> = vec![];
+        let (m, v, ema) = (
+            adam.split(&adam.m),
+            adam.split(&adam.v),
+            adam.split(&adam.ema),
+        );
+        for (i, (name, p)) in adam.params.iter().enumerate() {
+            model.push((name.clone(), ema[i].shallow_clone()));
+            tensors.push((format!("train/params/{name}"), p.shallow_clone()));
+            tensors.push((format!("train/adam_m/{name}"), m[i].shallow_clone()));
+            tensors.push((format!("train/adam_v/{name}"), v[i].shallow_clone()));
+        }
+        // non-trainable variables (none today) travel as they are
+        for (name, t) in checkpoint::named(self.vs, "") {
+            if !t.requires_grad() {
+                model.push((name, t));
+            }
+        }
+        tensors.extend(model.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+        checkpoint::save(&self.files.checkpoint(), &meta, &tensors, None)?;
+        checkpoint::save(&self.files.model(), &meta, &model, None)
+    }
+
+    /// Restores parameters, optimiser state and EMA from the run's checkpoint; returns its step.
+    fn restore(&self, adam: &mut Adam) -> Result<u64> {
+        let path = self.files.checkpoint();
+        let ck = checkpoint::load(&path)?;
+        let mine = self.meta.train.clone().map(|v| strip_unresumable(&v));
+        let theirs = ck.meta.train.clone().map(|v| strip_unresumable(&v));
+        if ck.meta.model != self.meta.model || ck.meta.kind != self.meta.kind || mine != theirs {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "cannot resume: the checkpoint was trained with a different configuration\n  checkpoint: {}\n  requested:  {}",
+                    serde_json::to_string(&(&ck.meta.model, &theirs)).unwrap_or_default(),
+                    serde_json::to_string(&(&self.meta.model, &mine)).unwrap_or_default()
+                ),
+            ));
+        }
+        let _g = tch::no_grad_guard();
+        let get = |key: String| -> Result<&Tensor> {
+            ck.tensors
+                .get(&key)
+                .ok_or_else(|| Error::file(&path, format!("missing tensor `{key}`")))
+        };
+        let (m, v, ema) = (
+            adam.split(&adam.m),
+            adam.split(&adam.v),
+            adam.split(&adam.ema),
+        );
+        for (i, (name, p)) in adam.params.iter_mut().enumerate() {
+            let src = get(format!("train/params/{name}"))?;
+            if src.size() != p.size() {
+                return Err(Error::file(
+                    &path,
+                    format!(
+                        "tensor `{name}`: shape {:?}, model {:?}",
+                        src.size(),
+                        p.size()
+                    ),
+                ));
+            }
+            p.copy_(&src.to_device(p.device()));
+            let mut dst = [
+                m[i].shallow_clone(),
+                v[i].shallow_clone(),
+                ema[i].shallow_clone(),
+            ];
+            dst[0].copy_(get(format!("train/adam_m/{name}"))?);
+            dst[1].copy_(get(format!("train/adam_v/{name}"))?);
+            dst[2].copy_(get(name.clone())?);
+        }
+        Ok(ck.meta.step)
+    }
+
+    /// Trains from step 0 (or, with `resume`, from the run's checkpoint) to `train.steps`,
+    /// calling `objective(step)` for each step's loss.
+    ///
+    /// A non-finite loss stops the run with an error before any update; the last checkpoint
+    /// on disk stays the last good one.
+    pub fn run(
+        &self,
+        resume: bool,
+        mut objective: impl FnMut(u64) -> Result<StepLoss>,
+    ) -> Result<Summary> {
+        let cfg = self.train;
+        std::fs::create_dir_all(&self.files.dir).map_err(|e| {
+            Error::file(&self.files.dir, format!("cannot create output folder: {e}"))
+        })?;
+        let params = self.params();
+        if params.is_empty() {
+            return Err(Error::invalid("no trainable parameters"));
+        }
+        let mut adam = Adam::new(params, cfg.beta1, cfg.beta2, cfg.eps);
+        let start = if resume {
+            if !self.files.checkpoint().exists() {
+                return Err(Error::file(
+                    self.files.checkpoint(),
+                    "--resume given, but there is no checkpoint to resume",
+                ));
+            }
+            self.restore(&mut adam)?
+        } else {
+            0
+        };
+        let mut log = CsvLog::open(&self.files.log(), &self.extra_columns, start, resume)?;
+        let bar = progress_bar(self.progress, start, cfg.steps);
+        let t0 = Instant::now();
+        let mut window = (Instant::now(), 0usize);
+        let mut last_loss = f64::NAN;
+        for step in start..cfg.steps {
+            tch::manual_seed(step_seed(cfg.seed, step));
+            let StepLoss { loss, extra } = objective(step)?;
+            let lv = loss.double_value(&[]);
+            if !lv.is_finite() {
+                bar.abandon();
+                return Err(Error::invalid(format!(
+                    "loss is {lv} at step {step}: training stopped; the last good checkpoint is {} (step {})",
+                    self.files.checkpoint().display(),
+                    step - step % cfg.checkpoint_every.max(1)
+                )));
+            }
+            adam.zero_grad();
+            loss.backward();
+            let lr = learning_rate(cfg.lr, cfg.warmup, &cfg.lr_halve_at, step);
+            let gnorm = adam.step(lr, step + 1, cfg.grad_clip, ema_decay(cfg.ema_decay, step));
+            last_loss = lv;
+            window.1 += self.samples_per_step;
+            let done = step + 1;
+            if done % cfg.log_every.max(1) == 0 || done == cfg.steps {
+                let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
+                window = (Instant::now(), 0);
+                log.row(done, lv, lr, gnorm, rate, &extra)?;
+                bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
+            }
+            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps {
+                self.save(done, &adam)?;
+            }
+            bar.inc(1);
+        }
+        bar.finish();
+        if start >= cfg.steps {
+            // nothing to do, but make sure the model file exists
+            self.save(start, &adam)?;
+        }
+        Ok(Summary {
+            start_step: start,
+            end_step: cfg.steps.max(start),
+            last_loss,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
+        for k in ["steps", "checkpoint_every", "log_every"] {
+            t.remove(k);
+        }
+    }
+    v
+}
+
+fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(start);
+    bar
+}
+
+/// The CSV log: `step,loss,lr,grad_norm,samples_per_s,<extra…>`. On resume, rows past the
+/// checkpoint's step are dropped first, so the log matches an uninterrupted run.
+struct CsvLog {
+    file: std::fs::File,
+}
+
+impl CsvLog {
+    fn open(path: &Path, extra: &[String], start: u64, resume: bool) -> Result<Self> {
+        let header = format!(
+            "step,loss,lr,grad_norm,samples_per_s{}",
+            extra.iter().map(|c| format!(",{c}")).collect::<String>()
+        );
+        let mut lines = vec![header];
+        if resume {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                lines.extend(
+                    text.lines()
+                        .skip(1)
+                        .filter(|l| {
+                            l.split(',')
+                                .next()
+                                .and_then(|s| s.parse::<u64>().ok())
+                                .is_some_and(|s| s <= start)
+                        })
+                        .map(String::from),
+                );
+            }
+        }
+        let mut body = lines.join("\n");
+        body.push('\n');
+        crate::fsio::write_atomic(path, body.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::file(path, format!("cannot open log: {e}")))?;
+        Ok(CsvLog { file })
+    }
+
+    fn row(
+        &mut self,
+        step: u64,
+        loss: f64,
+        lr: f64,
+        gnorm: f64,
+        rate: f64,
+        extra: &[f64],
+    ) -> Result<()> {
+        let extra: String = extra.iter().map(|v| format!(",{v:.6e}")).collect();
+        writeln!(
+            self.file,
+            "{step},{loss:.6e},{lr:.3e},{gnorm:.4e},{rate:.1}{extra}"
+        )
+        .map_err(|e| Error::invalid(format!("cannot write the training log: {e}")))
+    }
+}

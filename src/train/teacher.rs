@@ -1,0 +1,210 @@
+//! The teacher's objective: denoising with x-prediction under the noise schedule.
+//!
+//! For data x, `t ~ U[0, 1)`, `ε ~ N(0, I)`: `z_t = α_t x + σ_t ε`, `x̂ = f(z_t, t_in)`, loss
+//! `w(λ_t)·‖x̂ − x‖²` (mean over pixels and batch). The weight is the "truncated SNR"
+//! `max(SNR, 1)` of progressive distillation by default.
+use super::{Run, RunFiles, StepLoss, Summary, TrainConfig};
+use crate::checkpoint::{CheckpointMeta, ModelKind};
+use crate::data::{idx, to_unit_range, toy2d, Batches};
+use crate::nn::ModelConfig;
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Weighting of the denoising loss as a function of the log-SNR λ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeight {
+    /// `max(SNR, 1)` (Salimans & Ho 2022).
+    #[default]
+    TruncatedSnr,
+    /// `SNR + 1` (the v-prediction loss written in x).
+    SnrPlusOne,
+    /// `1`.
+    Uniform,
+    /// `min(SNR, 5)`: Min-SNR-γ with γ = 5 (Hang et al. 2023).
+    MinSnr5,
+    /// `clamp(SNR, 1, 5)`: uniform at low SNR, capped at high SNR.
+    ClampedSnr,
+}
+
+impl LossWeight {
+    pub fn weight(&self, lambda: f64) -> f64 {
+        match self {
+            LossWeight::TruncatedSnr => lambda.exp().max(1.0),
+            LossWeight::SnrPlusOne => lambda.exp() + 1.0,
+            LossWeight::Uniform => 1.0,
+            LossWeight::MinSnr5 => lambda.exp().min(5.0),
+            LossWeight::ClampedSnr => lambda.exp().clamp(1.0, 5.0),
+        }
+    }
+}
+
+/// How training times are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeSampling {
+    /// `t ~ U[0, 1)`.
+    #[default]
+    Uniform,
+    /// `t = u²`, `u ~ U[0, 1)`: denser near the data, where the quadratic sampling grids (and
+    /// DSNO's `quad` output times) evaluate the teacher most.
+    Quadratic,
+}
+
+/// Where the training data comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// MNIST-layout IDX files in the folder given with `--data`; `name` labels the data set.
+    Idx { name: String },
+    /// A 2-D toy distribution ([`toy2d::NAMES`]), `points` samples drawn with `seed`.
+    Toy2d {
+        name: String,
+        points: usize,
+        seed: u64,
+    },
+}
+
+impl DataConfig {
+    /// The data set's name for checkpoints.
+    pub fn name(&self) -> String {
+        match self {
+            DataConfig::Idx { name } => name.clone(),
+            DataConfig::Toy2d { name, .. } => format!("toy2d:{name}"),
+        }
+    }
+
+    /// Loads the training data as float `[N, …]` (images in [-1, 1]).
+    pub fn load(&self, dir: Option<&Path>) -> Result<Tensor> {
+        match self {
+            DataConfig::Idx { name } => {
+                let dir = dir.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "data set `{name}` needs --data <folder with the IDX files>"
+                    ))
+                })?;
+                Ok(to_unit_range(&idx::load_images(dir, idx::Split::Train)?))
+            }
+            DataConfig::Toy2d { name, points, seed } => toy2d::sample(name, *points, *seed),
+        }
+    }
+}
+
+/// A teacher training configuration (a TOML preset in `configs/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherConfig {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub loss_weight: LossWeight,
+    #[serde(default)]
+    pub time_sampling: TimeSampling,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+impl TeacherConfig {
+    /// Parses a TOML config; errors name the file.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::file(path, format!("bad teacher config: {e}")))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        Self::from_toml(&text, path)
+    }
+}
+
+/// Per-sample `(α, σ, t_in, w)` of times `t`, as tensors shaped to broadcast against `like`.
+fn coefficients(
+    schedule: &Schedule,
+    weight: LossWeight,
+    t: &[f64],
+    like: &Tensor,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let mut shape = vec![t.len() as i64];
+    shape.extend(std::iter::repeat_n(1, like.dim() - 1));
+    let dev = like.device();
+    let mk = |f: &dyn Fn(f64) -> f64| {
+        let v: Vec<f32> = t.iter().map(|&x| f(x) as f32).collect();
+        Tensor::from_slice(&v).to_device(dev)
+    };
+    let a = mk(&|x| schedule.alpha(x)).reshape(shape.as_slice());
+    let s = mk(&|x| schedule.sigma(x)).reshape(shape.as_slice());
+    let t_in = mk(&|x| schedule.t_input(x));
+    let w = mk(&|x| weight.weight(schedule.lambda(x)));
+    (a, s, t_in, w)
+}
+
+/// Trains a teacher on `data` (float `[N, …]`) into `out`; `resume` continues from
+/// `out/ckpt.safetensors`.
+pub fn train(
+    cfg: &TeacherConfig,
+    data: Tensor,
+    out: &Path,
+    resume: bool,
+    device: Device,
+    progress: bool,
+) -> Result<Summary> {
+    let want = cfg.model.sample_shape();
+    if data.size()[1..] != want[..] {
+        return Err(Error::invalid(format!(
+            "data samples have shape {:?}, the model expects {:?}",
+            &data.size()[1..],
+            want
+        )));
+    }
+    let vs = nn::VarStore::new(device);
+    tch::manual_seed(super::step_seed(cfg.train.seed, u64::MAX));
+    let net = cfg.model.build(&vs.root())?;
+    let batches = Batches::new(data.to_device(device), cfg.train.batch_size, cfg.train.seed)?;
+    let meta = CheckpointMeta {
+        kind: ModelKind::Teacher,
+        model: cfg.model.clone(),
+        schedule: cfg.schedule,
+        step: 0,
+        dataset: cfg.data.name(),
+        times: None,
+        modes: None,
+        train: Some(serde_json::to_value(cfg).map_err(|e| Error::invalid(e.to_string()))?),
+    };
+    let run = Run {
+        vs: &vs,
+        train: &cfg.train,
+        files: RunFiles {
+            dir: out.to_path_buf(),
+        },
+        meta,
+        extra_columns: vec![],
+        samples_per_step: cfg.train.batch_size,
+        progress,
+    };
+    let b = cfg.train.batch_size as i64;
+    run.run(resume, |step| {
+        let x = batches.get(step);
+        let mut t: Vec<f64> =
+            Vec::<f64>::try_from(&Tensor::rand([b], (Kind::Double, Device::Cpu)))?;
+        if cfg.time_sampling == TimeSampling::Quadratic {
+            t.iter_mut().for_each(|u| *u *= *u);
+        }
+        let (a, s, t_in, w) = coefficients(&cfg.schedule, cfg.loss_weight, &t, &x);
+        let eps = x.randn_like();
+        let z = &x * &a + &eps * &s;
+        let x_hat = net.forward_t(&z, &t_in, true);
+        let dims: Vec<i64> = (1..x.dim() as i64).collect();
+        let mse = (x_hat - &x)
+            .square()
+            .mean_dim(dims.as_slice(), false, Kind::Float);
+        Ok(StepLoss {
+            loss: (mse * w).mean(Kind::Float),
+            extra: vec![],
+        })
+    })
+}
