@@ -13,6 +13,7 @@
 //!
 //! Tensors are libtorch's, through `tch`; see `docs/` for the design and the method.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod denoiser;

@@ -28,14 +28,14 @@ enum Command {
     Sample(SampleArgs),
     /// Train a diffusion teacher (x-prediction) from a TOML config.
     TrainTeacher(TrainTeacherArgs),
-    /// Solve the teacher's ODE and store trajectories for distillation (not implemented yet).
-    Trajectories(Pending),
-    /// Distil the teacher into a one-step DSNO operator (not implemented yet).
-    Distill(Pending),
+    /// Solve the teacher's ODE and store trajectories for distillation (sharded, resumable).
+    Trajectories(TrajectoriesArgs),
+    /// Distil the teacher into a one-step DSNO operator (or the KD baseline).
+    Distill(DistillArgs),
     /// Evaluate samplers against the teacher and write a report (not implemented yet).
     Eval(Pending),
-    /// Benchmark the engine and the samplers (not implemented yet).
-    Bench(Pending),
+    /// Benchmark the engine: U-Net and operator forward/train-step time, images/s, GFLOP/s.
+    Bench(BenchArgs),
 }
 
 /// Arguments of a command that is not implemented yet (accepted, then refused).
@@ -43,6 +43,98 @@ enum Command {
 struct Pending {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct TrajectoriesArgs {
+    /// Teacher checkpoint.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// ODE solver: ddim, euler, heun, dpmpp2m.
+    #[arg(long, default_value = "dpmpp2m")]
+    solver: String,
+    /// Solver steps (the grid passes through every output time).
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Output times: quad:M, uniform:M or a list like 0.75,0.5,0.25,0.
+    #[arg(long, default_value = "quad:4")]
+    times: String,
+    /// Number of trajectories.
+    #[arg(long)]
+    count: usize,
+    /// Seed: sample i's noise depends on (seed, i) only.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (the store).
+    #[arg(long)]
+    out: PathBuf,
+    /// Make only part k of n (0 ≤ k < n): the shards j with j mod n = k.
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Trajectories per shard file.
+    #[arg(long, default_value_t = 1000)]
+    shard_size: usize,
+    /// Samples per solver batch.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Store x_T and targets as float16.
+    #[arg(long)]
+    fp16: bool,
+}
+
+#[derive(Args, Debug)]
+struct DistillArgs {
+    /// Teacher checkpoint (initialises the student; must be the store's teacher).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Trajectory store made by `dsno trajectories`.
+    #[arg(long)]
+    trajectories: PathBuf,
+    /// TOML config (configs/distill-*.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// dsno or kd (overrides the config's method).
+    #[arg(long)]
+    method: Option<String>,
+    /// Output folder: ckpt.safetensors, model.safetensors, log.csv.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from <out>/ckpt.safetensors.
+    #[arg(long)]
+    resume: bool,
+    /// Override the number of training steps of the config.
+    #[arg(long)]
+    steps: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// What to benchmark: `engine`.
+    what: String,
+    /// Model config (a teacher TOML preset); its [model] section is measured.
+    #[arg(long, default_value = "configs/mnist.toml")]
+    config: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    /// Operator time slots M.
+    #[arg(long, default_value_t = 4)]
+    slots: i64,
+    /// TimeConv Fourier modes.
+    #[arg(long, default_value_t = 2)]
+    modes: i64,
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Also run bench/reference.py (plain PyTorch) on the same configuration and print ratios.
+    #[arg(long)]
+    vs_pytorch: bool,
+    /// Python with torch for --vs-pytorch.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "bench/reference.py")]
+    script: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -70,15 +162,16 @@ struct SampleArgs {
     /// exact denoiser of a 2-D mixture of eight Gaussians, solved with --solver.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Number of samples.
-    #[arg(long, default_value_t = 2000)]
-    count: usize,
+    /// Number of samples (default: 2000 for the toy model, 64 otherwise).
+    #[arg(long)]
+    count: Option<usize>,
     /// Seed of the noise: sample i's noise depends on (seed, i) only.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// ODE solver for the toy model or a teacher: ddim, euler, heun, dpmpp2m.
-    #[arg(long, default_value = "dpmpp2m")]
-    solver: String,
+    /// ODE solver for a teacher (required) or the toy model (default dpmpp2m): ddim, euler,
+    /// heun, dpmpp2m.
+    #[arg(long)]
+    solver: Option<String>,
     /// Solver steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -88,6 +181,15 @@ struct SampleArgs {
     /// Output PNG.
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
+    /// Also write every output time of a one-step model, one row per sample (PNG).
+    #[arg(long)]
+    trajectory: Option<PathBuf>,
+    /// Also write the raw samples (float, [-1, 1]) as a safetensors file (tensor `samples`).
+    #[arg(long)]
+    safetensors: Option<PathBuf>,
+    /// Samples per forward pass of a one-step model.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
 }
 
 fn main() {
@@ -109,10 +211,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Sample(a) => sample(a, device),
         Command::TrainTeacher(a) => train_teacher(a, device),
-        Command::Trajectories(_) => pending("trajectories"),
-        Command::Distill(_) => pending("distill"),
+        Command::Trajectories(a) => trajectories(a, device),
+        Command::Distill(a) => distill(a, device),
         Command::Eval(_) => pending("eval"),
-        Command::Bench(_) => pending("bench"),
+        Command::Bench(a) => bench(a, device),
     }
 }
 
@@ -146,12 +248,19 @@ fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
 
 /// Samples a teacher checkpoint with an ODE solver.
 fn sample_checkpoint(a: &SampleArgs, path: &std::path::Path, device: tch::Device) -> Result<()> {
+    let Some(solver) = a.solver.as_deref() else {
+        bail!(
+            "{} is a teacher (a diffusion model): sample it with --solver ddim|euler|heun|dpmpp2m and --steps N",
+            path.display()
+        );
+    };
+    let solver = Solver::from_name(solver)?;
     let teacher = dsno::model::Teacher::load(path, device)?;
-    let solver = Solver::from_name(&a.solver)?;
+    let count = a.count.unwrap_or(64);
     let schedule = teacher.schedule();
     let grid = solver.default_grid(&schedule, a.steps);
     let shape = teacher.meta.model.sample_shape();
-    let x_t = dsno::rng::noise(a.seed, 0..a.count as u64, &shape, Kind::Float, device)
+    let x_t = dsno::rng::noise(a.seed, 0..count as u64, &shape, Kind::Float, device)
         * schedule.sigma(grid[0]);
     let start = Instant::now();
     let traj = solver.solve(&teacher, &schedule, &x_t, &grid, &[])?;
@@ -159,29 +268,26 @@ fn sample_checkpoint(a: &SampleArgs, path: &std::path::Path, device: tch::Device
     let out = traj.end.to_device(tch::Device::Cpu);
     if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
         // toy data: report the sliced Wasserstein-2 distance to fresh data points
-        let data = dsno::data::toy2d::sample(name, a.count, a.seed ^ 0x5eed)?;
+        let data = dsno::data::toy2d::sample(name, count, a.seed ^ 0x5eed)?;
         let noise = x_t.to_device(tch::Device::Cpu);
         println!(
             "sliced W2 to {} fresh {name} points: samples {:.4}, initial noise {:.4}",
-            a.count,
+            count,
             dsno::metrics::sliced_wasserstein(&out, &data, 64, 0)?,
             dsno::metrics::sliced_wasserstein(&noise, &data, 64, 0)?
         );
     }
-    let img = if shape.len() == 1 {
-        dsno::image::scatter(&out, 3.0, 512)?
-    } else {
-        let cols = (a.count as f64).sqrt().ceil() as usize;
-        dsno::image::grid(&out, cols, 2)?
-    };
-    img.save_png(&a.out)?;
+    save_samples(&out, &a.out)?;
+    if let Some(p) = &a.safetensors {
+        save_raw(&out, p)?;
+    }
     println!(
         "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
         path.display(),
         teacher.meta.dataset,
         solver.name(),
         a.steps,
-        a.count,
+        count,
         dsno::device::describe(device),
         traj.nfe,
         secs,
@@ -190,21 +296,86 @@ fn sample_checkpoint(a: &SampleArgs, path: &std::path::Path, device: tch::Device
     Ok(())
 }
 
+fn bench(a: BenchArgs, device: tch::Device) -> Result<()> {
+    if a.what != "engine" {
+        bail!("unknown benchmark `{}`: expected `engine`", a.what);
+    }
+    let cfg = dsno::train::teacher::TeacherConfig::load(&a.config)?;
+    println!(
+        "dsno bench engine: {} ({} parameters), batch {}, M = {}, modes {}, {} iterations (median), device {}",
+        a.config.display(),
+        cfg.model.num_params(),
+        a.batch,
+        a.slots,
+        a.modes,
+        a.iters,
+        dsno::device::describe(device)
+    );
+    let spec = dsno::bench::Spec {
+        batch: a.batch,
+        slots: a.slots,
+        modes: a.modes,
+        iters: a.iters,
+        device,
+    };
+    let rows = dsno::bench::engine(&cfg.model, spec)?;
+    println!("| model | forward ms | train step ms | images/s forward | images/s train | GFLOP/s forward | GFLOP/s train |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{}", r.row());
+    }
+    if a.vs_pytorch {
+        let py = dsno::bench::pytorch_reference(&a.python, &a.script, &cfg.model, spec)?;
+        let get = |k: &str| py.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!(
+            "\nPyTorch {} reference ({} threads), same batch, in this run:",
+            py["torch"].as_str().unwrap_or("?"),
+            py["threads"]
+        );
+        println!("| model | PyTorch forward ms | PyTorch train ms | ratio forward (ours / PyTorch) | ratio train |");
+        println!("|---|---|---|---|---|");
+        let best_op = rows[1..]
+            .iter()
+            .min_by(|x, y| x.forward_ms.total_cmp(&y.forward_ms))
+            .expect("operator rows");
+        for (r, key) in [(&rows[0], "unet"), (best_op, "operator")] {
+            let (f, t) = (
+                get(&format!("{key}_forward_ms")),
+                get(&format!("{key}_train_ms")),
+            );
+            println!(
+                "| {} | {:.1} | {:.1} | {:.3} | {:.3} |",
+                r.name,
+                f,
+                t,
+                r.forward_ms / f,
+                r.train_ms / t
+            );
+        }
+    }
+    Ok(())
+}
+
 fn pending(name: &str) -> Result<()> {
     bail!("`dsno {name}` is not implemented yet")
 }
 
 fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
-    if a.count == 0 {
+    if a.count == Some(0) {
         bail!("--count must be at least 1");
-    }
-    if let Some(model) = &a.model {
-        return sample_checkpoint(&a, model, device);
     }
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let solver = Solver::from_name(&a.solver)?;
+    if let Some(model) = &a.model {
+        let meta = dsno::model::peek(model)?;
+        return match meta.kind {
+            dsno::checkpoint::ModelKind::Teacher => sample_checkpoint(&a, model, device),
+            _ => sample_one_step(&a, model, device),
+        };
+    }
+    let count = a.count.unwrap_or(2000);
+    let solver = Solver::from_name(a.solver.as_deref().unwrap_or("dpmpp2m"))?;
     let schedule = Schedule::from_name(&a.schedule)?;
     let den = MixtureDenoiser::eight_gaussians(2.0, 0.05, schedule);
     let den = MixtureDenoiser {
@@ -214,7 +385,7 @@ fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
         schedule,
     };
     let grid = solver.default_grid(&schedule, a.steps);
-    let x_t = dsno::rng::noise(a.seed, 0..a.count as u64, &[2], Kind::Double, device)
+    let x_t = dsno::rng::noise(a.seed, 0..count as u64, &[2], Kind::Double, device)
         * schedule.sigma(grid[0]);
     let start = Instant::now();
     let traj = solver.solve(&den, &schedule, &x_t, &grid, &[])?;
@@ -226,11 +397,161 @@ fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
         "toy model (8 Gaussians, exact denoiser), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
         solver.name(),
         a.steps,
-        a.count,
+        count,
         dsno::device::describe(device),
         traj.nfe,
         secs,
         a.out.display()
+    );
+    Ok(())
+}
+
+/// Writes samples `[N, …]` as a PNG grid (images) or scatter plot (2-D points).
+fn save_samples(samples: &tch::Tensor, path: &std::path::Path) -> Result<()> {
+    let s = samples.to_device(tch::Device::Cpu);
+    let img = if s.dim() == 2 {
+        dsno::image::scatter(&s, 3.0, 512)?
+    } else {
+        let cols = (s.size()[0] as f64).sqrt().ceil() as usize;
+        dsno::image::grid(&s, cols, 2)?
+    };
+    img.save_png(path)?;
+    Ok(())
+}
+
+/// Writes raw samples as safetensors (tensor `samples`), atomically.
+fn save_raw(samples: &tch::Tensor, path: &std::path::Path) -> Result<()> {
+    let tmp = dsno::fsio::temp_path(path);
+    tch::Tensor::write_safetensors(
+        &[("samples", &samples.to_device(tch::Device::Cpu).contiguous())],
+        &tmp,
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Samples a DSNO or KD checkpoint: one forward pass per batch.
+fn sample_one_step(a: &SampleArgs, path: &std::path::Path, device: tch::Device) -> Result<()> {
+    if a.solver.is_some() {
+        bail!(
+            "{} is a one-step model: --solver does not apply",
+            path.display()
+        );
+    }
+    let model = dsno::model::OneStep::load(path, device)?;
+    let count = a.count.unwrap_or(64);
+    let shape = model.meta.model.sample_shape();
+    let sigma = model.meta.schedule.sigma(model.meta.schedule.t_range().1);
+    let start = Instant::now();
+    let mut outs = vec![];
+    for b0 in (0..count).step_by(a.batch.max(1)) {
+        let b1 = (b0 + a.batch.max(1)).min(count);
+        let x_t =
+            dsno::rng::noise(a.seed, b0 as u64..b1 as u64, &shape, Kind::Float, device) * sigma;
+        outs.push(model.trajectory(&x_t).to_device(tch::Device::Cpu));
+    }
+    let traj = tch::Tensor::cat(&outs, 0);
+    let secs = start.elapsed().as_secs_f64();
+    let m = model.slots();
+    let samples = traj.select(1, m - 1);
+    save_samples(&samples, &a.out)?;
+    if let Some(p) = &a.trajectory {
+        if shape.len() == 1 {
+            bail!(
+                "--trajectory draws image rows; this model makes {}-D points",
+                shape[0]
+            );
+        }
+        dsno::image::grid(&traj.flatten(0, 1), m as usize, 2)?.save_png(p)?;
+    }
+    if let Some(p) = &a.safetensors {
+        save_raw(&samples, p)?;
+    }
+    println!(
+        "{:?} model {} ({}), {} samples on {}: NFE 1 (one forward pass over {m} time slots), {:.3} s → {}",
+        model.meta.kind,
+        path.display(),
+        model.meta.dataset,
+        count,
+        dsno::device::describe(device),
+        secs,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn trajectories(a: TrajectoriesArgs, device: tch::Device) -> Result<()> {
+    use dsno::data::trajectories::{generate, GenerateOptions};
+    let (k, n) = a
+        .shard
+        .split_once('/')
+        .and_then(|(k, n)| Some((k.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .with_context(|| format!("--shard `{}`: expected k/n, e.g. 0/3", a.shard))?;
+    let teacher = dsno::model::Teacher::load(&a.teacher, device)?;
+    let o = GenerateOptions {
+        solver: Solver::from_name(&a.solver)?,
+        steps: a.steps,
+        times: dsno::schedule::parse_output_times(&a.times)?,
+        count: a.count,
+        seed: a.seed,
+        shard_size: a.shard_size,
+        batch: a.batch,
+        fp16: a.fp16,
+        part: (k, n),
+        progress: true,
+    };
+    let s = generate(&teacher, &a.teacher, &a.out, &o)?;
+    println!(
+        "trajectories → {}: {} shards made ({} samples, {} NFE each, {:.1} s, {:.1} samples/s), {} kept, {} regenerated",
+        a.out.display(),
+        s.made,
+        s.samples,
+        s.nfe_per_sample,
+        s.seconds,
+        s.samples as f64 / s.seconds.max(1e-9),
+        s.kept,
+        s.regenerated.len()
+    );
+    Ok(())
+}
+
+fn distill(a: DistillArgs, device: tch::Device) -> Result<()> {
+    use dsno::train::distill::{distill, DistillConfig, Method};
+    let mut cfg = DistillConfig::load(&a.config)?;
+    if let Some(m) = &a.method {
+        cfg.method = match m.as_str() {
+            "dsno" => Method::Dsno,
+            "kd" => Method::Kd,
+            _ => bail!("--method `{m}`: expected dsno or kd"),
+        };
+    }
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    println!(
+        "distill ({:?}): {} steps of {} on {}",
+        cfg.method,
+        cfg.train.steps,
+        cfg.train.batch_size,
+        dsno::device::describe(device)
+    );
+    let s = distill(
+        &cfg,
+        &a.teacher,
+        &a.trajectories,
+        &a.out,
+        a.resume,
+        device,
+        true,
+    )?;
+    println!(
+        "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
+        s.start_step,
+        s.end_step,
+        s.seconds,
+        s.last_loss,
+        a.out.join("model.safetensors").display()
     );
     Ok(())
 }

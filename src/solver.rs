@@ -35,6 +35,7 @@ pub enum Solver {
     /// step onto the data end (σ = 0 or t = 0).
     Heun,
     /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), second-order multistep in log-SNR.
+    #[serde(rename = "dpmpp2m")]
     DpmSolver2M,
 }
 

@@ -69,7 +69,8 @@ fn bad_arguments_and_unfinished_commands_fail_clearly() {
         (vec!["sample", "--count", "0"], "--count"),
         (vec!["sample", "--solver", "rk4"], "unknown solver"),
         (vec!["sample", "--device", "tpu"], "unknown device"),
-        (vec!["distill"], "not implemented yet"),
+        (vec!["distill"], "required"),
+        (vec!["trajectories", "--teacher", "nowhere.safetensors", "--count", "1", "--out", "x"], "nowhere.safetensors"),
         (vec!["eval", "--data", "x"], "not implemented yet"),
     ] {
         let out = dsno(&args);

@@ -2,6 +2,7 @@
 //! seeded, stateless batching ([`Batches`]).
 pub mod idx;
 pub mod toy2d;
+pub mod trajectories;
 
 use crate::rng::Rng;
 use tch::{Kind, Tensor};

@@ -1,6 +1,7 @@
 //! Training: the shared loop ([`run`]: seeded steps, Adam with warm-up, clipping, EMA,
 //! checkpoints, exact resume, progress bar and CSV log) and the teacher's objective
 //! ([`teacher`]).
+pub mod distill;
 pub mod optim;
 pub mod teacher;
 
@@ -291,13 +292,21 @@ impl Run<'_> {
     }
 }
 
+/// The run configuration without the settings that may change on resume (the length of the
+/// run and how often it logs or saves): those keys of every `train` table, at any depth.
 fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
-    if let Some(t) = v.get_mut("train").and_then(|t| t.as_object_mut()) {
-        for k in ["steps", "checkpoint_every", "log_every"] {
-            t.remove(k);
+    fn strip(v: &mut serde_json::Value) {
+        if let Some(o) = v.as_object_mut() {
+            if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
+                for k in ["steps", "checkpoint_every", "log_every"] {
+                    t.remove(k);
+                }
+            }
+            o.values_mut().for_each(strip);
         }
     }
+    strip(&mut v);
     v
 }
 

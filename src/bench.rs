@@ -1,0 +1,213 @@
+//! `dsno bench engine`: forward and training-step time of the U-Net and of the DSNO operator,
+//! with images/s and achieved GFLOP/s, optionally against the plain PyTorch reference
+//! (`bench/reference.py`) measured in the same run.
+use crate::nn::timeconv::DftPath;
+use crate::nn::ModelConfig;
+use crate::operator::{Operator, OperatorConfig};
+use crate::schedule::Schedule;
+use crate::train::optim::Adam;
+use crate::{Error, Result};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// One measured configuration.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub name: String,
+    pub forward_ms: f64,
+    pub train_ms: f64,
+    /// Images per forward pass (for the operator: each image yields M outputs).
+    pub batch: i64,
+    /// FLOPs of one forward pass of the whole batch.
+    pub flops: f64,
+}
+
+impl Timing {
+    pub fn row(&self) -> String {
+        let fwd_gflops = self.flops / (self.forward_ms * 1e6);
+        let train_gflops = 3.0 * self.flops / (self.train_ms * 1e6);
+        format!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            self.name,
+            self.forward_ms,
+            self.train_ms,
+            self.batch as f64 / (self.forward_ms / 1e3),
+            self.batch as f64 / (self.train_ms / 1e3),
+            fwd_gflops,
+            train_gflops
+        )
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Median wall time in milliseconds of `iters` calls after one warm-up call.
+pub fn median_ms(iters: usize, device: Device, mut f: impl FnMut()) -> f64 {
+    f();
+    sync(device);
+    let mut v: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            sync(device);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn measure(
+    vs: &nn::VarStore,
+    iters: usize,
+    device: Device,
+    mut run: impl FnMut(bool) -> Tensor,
+) -> (f64, f64) {
+    let forward_ms = median_ms(iters, device, || {
+        let _g = tch::no_grad_guard();
+        let _ = run(false);
+    });
+    let params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    let mut adam = Adam::new(params, 0.9, 0.999, 1e-8);
+    let mut t = 0u64;
+    let train_ms = median_ms(iters, device, || {
+        adam.zero_grad();
+        run(true).square().mean(Kind::Float).backward();
+        t += 1;
+        adam.step(1e-4, t, 1.0, 0.999);
+    });
+    (forward_ms, train_ms)
+}
+
+/// What to measure: batch size, operator slots M, TimeConv modes, timed iterations, device.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub batch: i64,
+    pub slots: i64,
+    pub modes: i64,
+    pub iters: usize,
+    pub device: Device,
+}
+
+/// Times the backbone `model` and the operator over it.
+pub fn engine(model: &ModelConfig, spec: Spec) -> Result<Vec<Timing>> {
+    let Spec {
+        batch,
+        slots,
+        modes,
+        iters,
+        device,
+    } = spec;
+    if batch < 1 || slots < 1 {
+        return Err(Error::invalid("bench: batch and slots must be at least 1"));
+    }
+    let mut shape = vec![batch];
+    shape.extend(model.sample_shape());
+    tch::manual_seed(0);
+    let x = Tensor::randn(shape.as_slice(), (Kind::Float, device));
+    let t_in = Tensor::rand([batch], (Kind::Float, device));
+    let mut out = vec![];
+
+    let vs = nn::VarStore::new(device);
+    let net = model.build(&vs.root())?;
+    let (f, tr) = measure(&vs, iters, device, |train| net.forward_t(&x, &t_in, train));
+    out.push(Timing {
+        name: "backbone".into(),
+        forward_ms: f,
+        train_ms: tr,
+        batch,
+        flops: batch as f64 * net.flops_per_sample(),
+    });
+
+    let times: Vec<f64> = (0..slots)
+        .map(|m| (slots - 1 - m) as f64 / slots as f64)
+        .collect();
+    let vs = nn::VarStore::new(device);
+    let cfg = OperatorConfig {
+        backbone: model.clone(),
+        times,
+        modes,
+    };
+    let mut op = Operator::new(&vs.root(), &cfg, Schedule::vp_cosine())?;
+    for (path, name) in [(DftPath::Matmul, "matmul DFT"), (DftPath::Fft, "rfft")] {
+        op.set_dft_path(path);
+        let (f, tr) = measure(&vs, iters, device, |train| op.forward(&x, train));
+        out.push(Timing {
+            name: format!("operator M={slots} ({name})"),
+            forward_ms: f,
+            train_ms: tr,
+            batch,
+            flops: batch as f64 * op.flops_per_sample(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `bench/reference.py` with `python` on the same configuration; returns its JSON.
+pub fn pytorch_reference(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    model: &ModelConfig,
+    spec: Spec,
+) -> Result<serde_json::Value> {
+    let Spec {
+        batch,
+        slots,
+        modes,
+        iters,
+        device,
+    } = spec;
+    let ModelConfig::Unet(cfg) = model else {
+        return Err(Error::invalid("--vs-pytorch compares the U-Net only"));
+    };
+    let dev = match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    };
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(["--config", &serde_json::to_string(cfg).unwrap_or_default()])
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--slots",
+            &slots.to_string(),
+            "--modes",
+            &modes.to_string(),
+        ])
+        .args([
+            "--iters",
+            &iters.to_string(),
+            "--threads",
+            &tch::get_num_threads().to_string(),
+            "--device",
+            &dev,
+        ])
+        .output()
+        .map_err(|e| Error::file(python, format!("cannot run the PyTorch reference: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::file(
+            script,
+            format!(
+                "PyTorch reference failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(line)
+        .map_err(|e| Error::file(script, format!("unreadable output ({e}): {text}")))
+}
