@@ -153,7 +153,12 @@ pub fn save(
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
+    load_bytes(&bytes, path)
+}
+
+/// Parses a checkpoint held in memory; `path` names it in errors.
+pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::file(path, format!("not a safetensors checkpoint ({e})")))?;
     let json = md
         .metadata()
@@ -162,7 +167,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .ok_or_else(|| Error::file(path, "no dsno metadata: not a dsno checkpoint"))?;
     let meta: CheckpointMeta = serde_json::from_str(json)
         .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("corrupt safetensors data ({e})")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {

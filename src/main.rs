@@ -36,6 +36,9 @@ enum Command {
     Eval(Pending),
     /// Benchmark the engine: U-Net and operator forward/train-step time, images/s, GFLOP/s.
     Bench(BenchArgs),
+    /// Copy a checkpoint's model weights (no optimiser state) to a new file, optionally as
+    /// float16 (how the bundled models in models/ are made).
+    Export(ExportArgs),
 }
 
 /// Arguments of a command that is not implemented yet (accepted, then refused).
@@ -108,6 +111,19 @@ struct DistillArgs {
 }
 
 #[derive(Args, Debug)]
+struct ExportArgs {
+    /// Input checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store floating-point tensors as float16.
+    #[arg(long)]
+    fp16: bool,
+}
+
+#[derive(Args, Debug)]
 struct BenchArgs {
     /// What to benchmark: `engine`.
     what: String,
@@ -158,10 +174,14 @@ struct TrainTeacherArgs {
 
 #[derive(Args, Debug)]
 struct SampleArgs {
-    /// A trained model checkpoint. Without it, samples come from the built-in toy model: the
-    /// exact denoiser of a 2-D mixture of eight Gaussians, solved with --solver.
+    /// A trained checkpoint: a DSNO or KD model (one step) or a teacher (needs --solver).
+    /// Default: the bundled MNIST DSNO model (models/mnist-dsno.safetensors, built in).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Sample the built-in toy model instead: the exact denoiser of a 2-D mixture of eight
+    /// Gaussians, solved with --solver.
+    #[arg(long, conflicts_with = "model")]
+    toy: bool,
     /// Number of samples (default: 2000 for the toy model, 64 otherwise).
     #[arg(long)]
     count: Option<usize>,
@@ -215,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Distill(a) => distill(a, device),
         Command::Eval(_) => pending("eval"),
         Command::Bench(a) => bench(a, device),
+        Command::Export(a) => export(a),
     }
 }
 
@@ -234,6 +255,7 @@ fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
         cfg.train.batch_size,
         dsno::device::describe(device)
     );
+    dsno::train::install_stop_handler();
     let s = train(&cfg, data, &a.out, a.resume, device, true)?;
     println!(
         "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
@@ -356,6 +378,22 @@ fn bench(a: BenchArgs, device: tch::Device) -> Result<()> {
     Ok(())
 }
 
+fn export(a: ExportArgs) -> Result<()> {
+    let ck = dsno::checkpoint::load(&a.model)?;
+    let tensors: Vec<(String, tch::Tensor)> = ck
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with("train/"))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let mut meta = ck.meta.clone();
+    meta.train = None;
+    let store = a.fp16.then_some(Kind::Half);
+    dsno::checkpoint::save(&a.out, &meta, &tensors, store)?;
+    println!("{} tensors → {}", tensors.len(), a.out.display());
+    Ok(())
+}
+
 fn pending(name: &str) -> Result<()> {
     bail!("`dsno {name}` is not implemented yet")
 }
@@ -366,6 +404,9 @@ fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
     }
     if a.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    if !a.toy && a.model.is_none() {
+        return sample_bundled(&a, device);
     }
     if let Some(model) = &a.model {
         let meta = dsno::model::peek(model)?;
@@ -431,15 +472,34 @@ fn save_raw(samples: &tch::Tensor, path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The bundled MNIST DSNO model (float16 weights, built into the binary).
+const BUNDLED_DSNO: &[u8] = include_bytes!("../models/mnist-dsno.safetensors");
+
+fn sample_bundled(a: &SampleArgs, device: tch::Device) -> Result<()> {
+    let name = std::path::Path::new("models/mnist-dsno.safetensors (built in)");
+    let ck = dsno::checkpoint::load_bytes(BUNDLED_DSNO, name)?;
+    let model = dsno::model::OneStep::from_checkpoint(ck, name, device)?;
+    sample_model(a, model, name, device)
+}
+
 /// Samples a DSNO or KD checkpoint: one forward pass per batch.
 fn sample_one_step(a: &SampleArgs, path: &std::path::Path, device: tch::Device) -> Result<()> {
+    let model = dsno::model::OneStep::load(path, device)?;
+    sample_model(a, model, path, device)
+}
+
+fn sample_model(
+    a: &SampleArgs,
+    model: dsno::model::OneStep,
+    path: &std::path::Path,
+    device: tch::Device,
+) -> Result<()> {
     if a.solver.is_some() {
         bail!(
             "{} is a one-step model: --solver does not apply",
             path.display()
         );
     }
-    let model = dsno::model::OneStep::load(path, device)?;
     let count = a.count.unwrap_or(64);
     let shape = model.meta.model.sample_shape();
     let sigma = model.meta.schedule.sigma(model.meta.schedule.t_range().1);
@@ -536,6 +596,7 @@ fn distill(a: DistillArgs, device: tch::Device) -> Result<()> {
         cfg.train.batch_size,
         dsno::device::describe(device)
     );
+    dsno::train::install_stop_handler();
     let s = distill(
         &cfg,
         &a.teacher,

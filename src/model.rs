@@ -74,7 +74,15 @@ enum OneStepNet {
 impl OneStep {
     /// Loads a DSNO or KD checkpoint onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let ck = checkpoint::load(path)?;
+        Self::from_checkpoint(checkpoint::load(path)?, path, device)
+    }
+
+    /// The model of a checkpoint already read (`path` names it in errors).
+    pub fn from_checkpoint(
+        ck: checkpoint::Checkpoint,
+        path: &Path,
+        device: Device,
+    ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let net = match ck.meta.kind {
             ModelKind::Dsno => {

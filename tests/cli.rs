@@ -40,6 +40,7 @@ fn toy_sample_writes_a_png_and_reports_nfe() {
     let png = dir.join("toy.png");
     let out = dsno(&[
         "sample",
+        "--toy",
         "--device",
         "cpu",
         "--count",
@@ -64,13 +65,68 @@ fn toy_sample_writes_a_png_and_reports_nfe() {
 }
 
 #[test]
+fn sample_without_arguments_uses_the_bundled_mnist_model() {
+    let dir = tempdir("bundled");
+    let out = Command::new(env!("CARGO_BIN_EXE_dsno"))
+        .args(["sample", "--device", "cpu"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NFE 1"));
+    // 64 digits: an 8 × 8 grid of 28-pixel tiles with 2-pixel borders, not blank
+    let img = Image::load_png(&dir.join("samples.png")).unwrap();
+    assert_eq!(
+        (img.width, img.height, img.channels),
+        (8 * 28 + 9 * 2, 8 * 28 + 9 * 2, 1)
+    );
+    let bright = img.data.iter().filter(|&&v| v > 128).count() as f64 / img.data.len() as f64;
+    assert!(
+        (0.05..0.4).contains(&bright),
+        "fraction of bright pixels {bright}"
+    );
+    // the bundled files on disk load as what they claim to be
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    dsno::model::Teacher::load(
+        &root.join("models/mnist-teacher.safetensors"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    for m in ["dsno", "kd"] {
+        let model = dsno::model::OneStep::load(
+            &root.join(format!("models/mnist-{m}.safetensors")),
+            tch::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(model.meta.dataset, "mnist");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn bad_arguments_and_unfinished_commands_fail_clearly() {
     for (args, msg) in [
         (vec!["sample", "--count", "0"], "--count"),
-        (vec!["sample", "--solver", "rk4"], "unknown solver"),
+        (vec!["sample", "--toy", "--solver", "rk4"], "unknown solver"),
+        (vec!["sample", "--solver", "ddim"], "one-step"),
         (vec!["sample", "--device", "tpu"], "unknown device"),
         (vec!["distill"], "required"),
-        (vec!["trajectories", "--teacher", "nowhere.safetensors", "--count", "1", "--out", "x"], "nowhere.safetensors"),
+        (
+            vec![
+                "trajectories",
+                "--teacher",
+                "nowhere.safetensors",
+                "--count",
+                "1",
+                "--out",
+                "x",
+            ],
+            "nowhere.safetensors",
+        ),
         (vec!["eval", "--data", "x"], "not implemented yet"),
     ] {
         let out = dsno(&args);

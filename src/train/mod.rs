@@ -57,6 +57,20 @@ impl Default for TrainConfig {
     }
 }
 
+/// Set when the process is asked to stop (Ctrl-C, SIGTERM): a running [`Run`] then saves a
+/// checkpoint after the current step and returns, so `timeout` or a scheduler's kill loses at
+/// most one step. [`install_stop_handler`] connects it to the signals.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs the Ctrl-C / SIGTERM handler that sets [`STOP`] (once per process; later calls do
+/// nothing).
+pub fn install_stop_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
+    });
+}
+
 /// The EMA decay at 0-based `step`: `min(decay, (1 + step)/(10 + step))`, so that the average
 /// forgets the random initialisation quickly in short runs (the warm-up of TensorFlow's
 /// `ExponentialMovingAverage` with `num_updates`).
@@ -273,10 +287,23 @@ impl Run<'_> {
                 log.row(done, lv, lr, gnorm, rate, &extra)?;
                 bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
             }
-            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps {
+            let stop = STOP.load(std::sync::atomic::Ordering::SeqCst);
+            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop {
                 self.save(done, &adam)?;
             }
             bar.inc(1);
+            if stop {
+                bar.abandon();
+                eprintln!(
+                    "stopped on request after step {done}; checkpoint saved (resume with --resume)"
+                );
+                return Ok(Summary {
+                    start_step: start,
+                    end_step: done,
+                    last_loss,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+            }
         }
         bar.finish();
         if start >= cfg.steps {
