@@ -56,7 +56,8 @@ pub struct Checkpoint {
     pub tensors: BTreeMap<String, Tensor>,
 }
 
-struct Raw {
+/// A tensor's bytes, ready for safetensors.
+pub(crate) struct Raw {
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
     data: Vec<u8>,
@@ -109,7 +110,8 @@ fn kind_of(d: safetensors::Dtype) -> Option<Kind> {
     })
 }
 
-fn raw(t: &Tensor, store: Option<Kind>) -> Result<Raw> {
+/// The bytes of `t` (floating tensors converted to `store` if given).
+pub(crate) fn raw(t: &Tensor, store: Option<Kind>) -> Result<Raw> {
     let mut t = t.detach().to_device(Device::Cpu).contiguous();
     if let Some(k) = store {
         if t.is_floating_point() {
@@ -171,14 +173,8 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         .map_err(|e| Error::file(path, format!("corrupt safetensors data ({e})")))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
-            )
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+        let t = tensor_of(&view, &name, path)?;
+        tensors.insert(name, t);
     }
     Ok(Checkpoint { meta, tensors })
 }
@@ -225,6 +221,22 @@ impl Checkpoint {
         }
         Ok(())
     }
+}
+
+/// A tensor from a safetensors view; `name` and `path` name it in errors.
+pub(crate) fn tensor_of(
+    view: &safetensors::tensor::TensorView<'_>,
+    name: &str,
+    path: &Path,
+) -> Result<Tensor> {
+    let kind = kind_of(view.dtype()).ok_or_else(|| {
+        Error::file(
+            path,
+            format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()),
+        )
+    })?;
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
 }
 
 /// The variables of `vs` as `(prefix + name, tensor)` pairs, sorted by name.

@@ -89,20 +89,7 @@ pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
         let v = st
             .tensor(name)
             .map_err(|_| Error::file(&path, format!("shard has no `{name}`")))?;
-        let kind = match v.dtype() {
-            safetensors::Dtype::F32 => Kind::Float,
-            safetensors::Dtype::F16 => Kind::Half,
-            safetensors::Dtype::F64 => Kind::Double,
-            safetensors::Dtype::I64 => Kind::Int64,
-            d => {
-                return Err(Error::file(
-                    &path,
-                    format!("`{name}` has unsupported dtype {d:?}"),
-                ))
-            }
-        };
-        let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_data_size(v.data(), &shape, kind)?)
+        crate::checkpoint::tensor_of(&v, name, &path)
     };
     let shard = Shard {
         x_t: get("x_T")?,
@@ -135,41 +122,19 @@ pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
     Ok(shard)
 }
 
-fn raw_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<usize>, Vec<u8>)> {
-    let t = t.to_device(Device::Cpu).contiguous();
-    let dtype = match t.kind() {
-        Kind::Float => safetensors::Dtype::F32,
-        Kind::Half => safetensors::Dtype::F16,
-        Kind::Double => safetensors::Dtype::F64,
-        Kind::Int64 => safetensors::Dtype::I64,
-        k => return Err(Error::invalid(format!("cannot store {k:?} in a shard"))),
-    };
-    let numel = t.numel();
-    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
-    t.f_copy_data_u8(&mut data, numel)?;
-    Ok((dtype, t.size().iter().map(|&d| d as usize).collect(), data))
-}
-
 fn save_shard(path: &Path, s: &Shard) -> Result<()> {
+    use crate::checkpoint::raw;
     let raws = [
-        ("indices", &s.indices),
-        ("lambdas", &s.lambdas),
-        ("targets", &s.targets),
-        ("x_T", &s.x_t),
-    ]
-    .into_iter()
-    .map(|(name, t)| Ok((name, raw_bytes(t)?)))
-    .collect::<Result<Vec<_>>>()?;
-    let views = raws
-        .iter()
-        .map(|(name, (dtype, shape, data))| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (*name, v))
-                .map_err(|e| Error::file(path, format!("cannot build shard: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None::<HashMap<String, String>>)
-        .map_err(|e| Error::file(path, format!("cannot serialise shard: {e}")))?;
+        ("indices", raw(&s.indices, None)?),
+        ("lambdas", raw(&s.lambdas, None)?),
+        ("targets", raw(&s.targets, None)?),
+        ("x_T", raw(&s.x_t, None)?),
+    ];
+    let bytes = safetensors::serialize(
+        raws.iter().map(|(n, r)| (*n, r)),
+        None::<HashMap<String, String>>,
+    )
+    .map_err(|e| Error::file(path, format!("cannot serialise shard: {e}")))?;
     write_atomic(path, &bytes)
 }
 
