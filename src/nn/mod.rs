@@ -4,6 +4,7 @@
 //! A [`Backbone`] is split so that the operator can run it on M time slots at once and insert a
 //! TimeConv after every non-resampling block: `stem` (the input layer), `body` (everything
 //! after it) with a hook called after each of those blocks, and `embed` (the time embedding).
+pub mod classifier;
 pub mod embedding;
 pub mod mlp;
 pub mod timeconv;
