@@ -196,6 +196,19 @@ impl UNetConfig {
         )
     }
 
+    /// The middle block's ResBlocks (with attention), used for building and counting alike.
+    fn mid_spec(&self) -> BlockSpec {
+        let (mc, mr) = self.mid();
+        BlockSpec {
+            path: Path::Down,
+            inp: mc,
+            out: mc,
+            res: mr,
+            resample: Resample::None,
+            attn: true,
+        }
+    }
+
     /// Parameter count, computed from the configuration alone.
     pub fn num_params(&self) -> u64 {
         let e = self.emb_dim();
@@ -271,14 +284,7 @@ impl UNetConfig {
                 };
         }
         let (mc, mr) = self.mid();
-        let mid = BlockSpec {
-            path: Path::Down,
-            inp: mc,
-            out: mc,
-            res: mr,
-            resample: Resample::None,
-            attn: true,
-        };
+        let mid = self.mid_spec();
         f += 2.0 * res_flops(&mid) + attn_flops(mc, mr);
         f += conv(
             self.channels * self.channel_mult[0],
@@ -495,15 +501,8 @@ impl UNet {
             .enumerate()
             .map(|(i, s)| mk(p / "up" / i, *s))
             .collect();
-        let (mc, mr) = cfg.mid();
-        let mid = BlockSpec {
-            path: Path::Down,
-            inp: mc,
-            out: mc,
-            res: mr,
-            resample: Resample::None,
-            attn: true,
-        };
+        let (mc, _) = cfg.mid();
+        let mid = cfg.mid_spec();
         let c0 = cfg.channels * cfg.channel_mult[0];
         Ok(UNet {
             cfg: cfg.clone(),
