@@ -32,8 +32,11 @@ enum Command {
     Trajectories(TrajectoriesArgs),
     /// Distil the teacher into a one-step DSNO operator (or the KD baseline).
     Distill(DistillArgs),
-    /// Evaluate samplers against the teacher and write a report (not implemented yet).
-    Eval(Pending),
+    /// Evaluate DSNO, KD and few-step solvers against the teacher from the same noise: FD, KID,
+    /// precision/recall, PSNR vs the teacher, wall time; writes report.md/json, plots, grids.
+    Eval(EvalArgs),
+    /// Train the LeNet-style feature classifier used by the sample-quality metrics.
+    TrainClassifier(TrainClassifierArgs),
     /// Benchmark the engine: U-Net and operator forward/train-step time, images/s, GFLOP/s.
     Bench(BenchArgs),
     /// Copy a checkpoint's model weights (no optimiser state) to a new file, optionally as
@@ -41,11 +44,45 @@ enum Command {
     Export(ExportArgs),
 }
 
-/// Arguments of a command that is not implemented yet (accepted, then refused).
 #[derive(Args, Debug)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
+struct EvalArgs {
+    /// Folder with the data set's IDX files (training images: the reference; test images: the
+    /// floor row).
+    #[arg(long)]
+    data: PathBuf,
+    /// Teacher checkpoint.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// DSNO checkpoint.
+    #[arg(long)]
+    dsno: Option<PathBuf>,
+    /// KD checkpoint.
+    #[arg(long)]
+    kd: Option<PathBuf>,
+    /// Feature classifier (`dsno train-classifier`); default models/<data set>-classifier.safetensors.
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Samples per method.
+    #[arg(long, default_value_t = 10000)]
+    count: usize,
+    /// Samples per forward pass, the same for every method.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Noise seed (the trajectory store's default is 0: keep this different).
+    #[arg(long, default_value_t = 1000)]
+    seed: u64,
+    /// Steps of the reference DPM-Solver++(2M) solve.
+    #[arg(long, default_value_t = 50)]
+    reference_steps: usize,
+    /// DDIM step counts, comma-separated.
+    #[arg(long, default_value = "1,2,4,10,20")]
+    ddim: String,
+    /// DPM-Solver++(2M) step counts, comma-separated.
+    #[arg(long, default_value = "2,4,10,20")]
+    dpm: String,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +145,31 @@ struct DistillArgs {
     /// Override the number of training steps of the config.
     #[arg(long)]
     steps: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct TrainClassifierArgs {
+    /// Folder with the IDX files (train-images-idx3-ubyte[.gz], train-labels-…, t10k-…).
+    #[arg(long)]
+    data: PathBuf,
+    /// Name of the data set, stored in the file (default: the folder's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Output file (safetensors; the description is in its metadata).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training steps.
+    #[arg(long, default_value_t = 6000)]
+    steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate (Adam, decayed to 0 by a half cosine).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Seed of the initialisation and the batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -233,10 +295,66 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainTeacher(a) => train_teacher(a, device),
         Command::Trajectories(a) => trajectories(a, device),
         Command::Distill(a) => distill(a, device),
-        Command::Eval(_) => pending("eval"),
+        Command::Eval(a) => eval(a, device),
         Command::Bench(a) => bench(a, device),
         Command::Export(a) => export(a),
+        Command::TrainClassifier(a) => train_classifier(a, device),
     }
+}
+
+fn train_classifier(a: TrainClassifierArgs, device: tch::Device) -> Result<()> {
+    use dsno::data::{idx, to_unit_range};
+    use dsno::nn::classifier;
+    let load = |split| -> Result<(tch::Tensor, tch::Tensor)> {
+        Ok((
+            to_unit_range(&idx::load_images(&a.data, split)?),
+            idx::load_labels(&a.data, split)?,
+        ))
+    };
+    let (train_x, train_y) = load(idx::Split::Train)?;
+    let (test_x, test_y) = load(idx::Split::Test)?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data".into())
+    });
+    println!(
+        "classifier on {name}: {} training and {} test images, {} steps of {} on {}",
+        train_x.size()[0],
+        test_x.size()[0],
+        a.steps,
+        a.batch,
+        dsno::device::describe(device)
+    );
+    tch::manual_seed(a.seed as i64);
+    let vs = tch::nn::VarStore::new(device);
+    let net = classifier::Classifier::new(&vs.root());
+    let start = Instant::now();
+    let schedule = classifier::Schedule {
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+    };
+    let last = classifier::train(&vs, &net, &train_x, &train_y, schedule)?;
+    let acc = classifier::accuracy(&net, &test_x.to_device(device), &test_y);
+    let info = classifier::ClassifierInfo {
+        dataset: name,
+        test_accuracy: acc,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+    };
+    classifier::save(&a.out, &vs, &info)?;
+    println!(
+        "trained in {:.1} s, last loss {last:.4}, test accuracy {:.2} % → {}",
+        start.elapsed().as_secs_f64(),
+        100.0 * acc,
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
@@ -394,8 +512,124 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn pending(name: &str) -> Result<()> {
-    bail!("`dsno {name}` is not implemented yet")
+fn parse_steps(s: &str, what: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| match x.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{what} `{s}`: expected positive step counts separated by commas"),
+        })
+        .collect()
+}
+
+fn eval(a: EvalArgs, device: tch::Device) -> Result<()> {
+    use dsno::data::{idx, to_unit_range};
+    let teacher = dsno::model::Teacher::load(&a.teacher, device)?;
+    let dsno_m = a
+        .dsno
+        .as_ref()
+        .map(|p| dsno::model::OneStep::load(p, device))
+        .transpose()?;
+    let kd_m =
+        a.kd.as_ref()
+            .map(|p| dsno::model::OneStep::load(p, device))
+            .transpose()?;
+    for (m, p, want) in [
+        (&dsno_m, &a.dsno, dsno::checkpoint::ModelKind::Dsno),
+        (&kd_m, &a.kd, dsno::checkpoint::ModelKind::Kd),
+    ] {
+        if let (Some(m), Some(p)) = (m, p) {
+            if m.meta.kind != want {
+                bail!(
+                    "{}: a {:?} checkpoint where a {want:?} one was asked for",
+                    p.display(),
+                    m.meta.kind
+                );
+            }
+        }
+    }
+    let cls_path = a.classifier.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "models/{}-classifier.safetensors",
+            teacher.meta.dataset
+        ))
+    });
+    let cls = dsno::nn::classifier::load(&cls_path, device)?;
+    if cls.info.dataset != teacher.meta.dataset {
+        eprintln!(
+            "warning: the classifier {} was trained on {}, the teacher on {}",
+            cls_path.display(),
+            cls.info.dataset,
+            teacher.meta.dataset
+        );
+    }
+    let train_images = to_unit_range(&idx::load_images(&a.data, idx::Split::Train)?);
+    let test_images = to_unit_range(&idx::load_images(&a.data, idx::Split::Test)?);
+    let o = dsno::eval::EvalOptions {
+        count: a.count,
+        batch: a.batch,
+        seed: a.seed,
+        reference_steps: a.reference_steps,
+        ddim_steps: parse_steps(&a.ddim, "--ddim")?,
+        dpm_steps: parse_steps(&a.dpm, "--dpm")?,
+        ..Default::default()
+    };
+    if a.batch == 0 || a.reference_steps == 0 {
+        bail!("--batch and --reference-steps must be at least 1");
+    }
+    let name = |p: &PathBuf| p.display().to_string();
+    let inputs = dsno::eval::EvalInputs {
+        teacher: &teacher,
+        teacher_name: name(&a.teacher),
+        dsno: dsno_m.as_ref().zip(a.dsno.as_ref().map(name)),
+        kd: kd_m.as_ref().zip(a.kd.as_ref().map(name)),
+        classifier: &cls.net,
+        classifier_name: format!(
+            "{} ({}, test accuracy {:.2} %)",
+            cls_path.display(),
+            cls.info.dataset,
+            100.0 * cls.info.test_accuracy
+        ),
+        train_images,
+        test_images,
+    };
+    println!(
+        "eval: {} samples per method, batch {}, on {}",
+        a.count,
+        a.batch,
+        dsno::device::describe(device)
+    );
+    let start = Instant::now();
+    let (report, samples) = dsno::eval::evaluate(&inputs, &o)?;
+    dsno::eval::write_report(&a.out, &report, &samples)?;
+    println!("| method | NFE | FD | KID | precision | recall | PSNR dB | wall ms/image |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &report.rows {
+        println!(
+            "| {} | {} | {:.3} | {:.4} | {:.3} | {:.3} | {} | {} |",
+            r.method,
+            r.nfe.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            r.fd,
+            r.kid,
+            r.precision,
+            r.recall,
+            r.psnr
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "–".into()),
+            r.wall_ms
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "–".into()),
+        );
+    }
+    for t in report.targets() {
+        println!("{t}");
+    }
+    println!(
+        "{:.1} s → {}",
+        start.elapsed().as_secs_f64(),
+        a.out.join("report.md").display()
+    );
+    Ok(())
 }
 
 fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {

@@ -88,3 +88,40 @@ fn kid_is_unbiased_on_one_distribution_and_positive_between_two() {
         "KID {mean} ± {se} between two distributions"
     );
 }
+
+#[test]
+fn precision_recall_see_quality_and_coverage_apart() {
+    use dsno::metrics::precision_recall;
+    // a set against itself: every point is inside its own ball
+    let a = randn(&[600, 8], 11);
+    let (p, r) = precision_recall(&a, &a, 3).unwrap();
+    assert_eq!((p, r), (1.0, 1.0));
+    // two samples of one distribution: both high
+    let b = randn(&[600, 8], 12);
+    let (p, r) = precision_recall(&a, &b, 3).unwrap();
+    assert!(
+        p > 0.85 && r > 0.85,
+        "same distribution: precision {p}, recall {r}"
+    );
+    // a far-away set: neither
+    let far = randn(&[600, 8], 13) + 50.0;
+    let (p, r) = precision_recall(&a, &far, 3).unwrap();
+    assert_eq!((p, r), (0.0, 0.0));
+    // mode dropping: real data is two well-separated clusters, the generator makes only one;
+    // every generated point is realistic (precision ≈ 1) but half of the real data is missed
+    let shift = Tensor::from_slice(&[20.0f64, 0., 0., 0., 0., 0., 0., 0.]);
+    let real = Tensor::cat(&[randn(&[400, 8], 14), randn(&[400, 8], 15) + &shift], 0);
+    let gen = randn(&[800, 8], 16);
+    let (p, r) = precision_recall(&real, &gen, 3).unwrap();
+    // the precision of the same generator against the one cluster it does cover
+    let (p_one, r_one) = precision_recall(&real.narrow(0, 0, 400), &gen, 3).unwrap();
+    assert!(
+        p > 0.8 && (p - p_one).abs() < 0.02,
+        "mode dropping keeps precision: {p} vs {p_one}"
+    );
+    assert!(
+        r < 0.55 && (r - r_one / 2.0).abs() < 0.02,
+        "mode dropping halves recall: {r} vs {r_one} on the covered cluster"
+    );
+    assert!(precision_recall(&a, &randn(&[600, 7], 1), 3).is_err());
+}

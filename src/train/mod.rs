@@ -337,7 +337,9 @@ fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
     v
 }
 
-fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
+/// A progress bar of `total` steps starting at `start` (drawn on a terminal only; hidden when
+/// `show` is false).
+pub fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
