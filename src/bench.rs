@@ -137,7 +137,11 @@ pub fn engine(model: &ModelConfig, spec: Spec) -> Result<Vec<Timing>> {
         modes,
     };
     let mut op = Operator::new(&vs.root(), &cfg, Schedule::vp_cosine())?;
-    for (path, name) in [(DftPath::Matmul, "matmul DFT"), (DftPath::Fft, "rfft")] {
+    for (path, name) in [
+        (DftPath::Matmul, "matmul DFT"),
+        (DftPath::Fft, "rfft"),
+        (DftPath::Dense, "dense map"),
+    ] {
         op.set_dft_path(path);
         let (f, tr) = measure(&vs, iters, device, |train| op.forward(&x, train));
         out.push(Timing {

@@ -9,7 +9,7 @@ use crate::model::{OneStep, Teacher};
 use crate::nn::classifier::Classifier;
 use crate::plot::{Plot, Series};
 use crate::rng::noise;
-use crate::solver::Solver;
+use crate::solver::{Grid, Solver};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -31,6 +31,9 @@ pub struct EvalOptions {
     pub ddim_steps: Vec<usize>,
     /// DPM-Solver++(2M) step counts.
     pub dpm_steps: Vec<usize>,
+    /// Step grids of the DDIM and DPM-Solver++ rows (the reference keeps the default).
+    pub ddim_grid: Grid,
+    pub dpm_grid: Grid,
     /// KID: number of subsets and their size.
     pub kid_subsets: usize,
     pub kid_subset_size: usize,
@@ -49,6 +52,8 @@ impl Default for EvalOptions {
             reference_steps: 50,
             ddim_steps: vec![1, 2, 4, 10, 20],
             dpm_steps: vec![2, 4, 10, 20],
+            ddim_grid: Grid::Default,
+            dpm_grid: Grid::Default,
             kid_subsets: 100,
             kid_subset_size: 1000,
             knn: 3,
@@ -116,6 +121,9 @@ pub struct Setup {
     pub floor_images: usize,
     pub kid: String,
     pub knn: i64,
+    /// Step grids of the DDIM and DPM-Solver++ rows.
+    #[serde(default)]
+    pub grids: String,
 }
 
 /// The result of an evaluation.
@@ -149,6 +157,10 @@ fn bar(show: bool, total: usize, name: &str) -> indicatif::ProgressBar {
     b
 }
 
+/// One batch of a method: its samples, the network evaluations and the backbone passes per
+/// sample.
+type Sampled = Result<(Tensor, usize, usize)>;
+
 /// Runs `f` on every batch of the noise (after one untimed warm-up batch) and collects the
 /// samples on the CPU; the time covers sampling and the copy back.
 fn draw(
@@ -156,7 +168,7 @@ fn draw(
     batch: usize,
     name: &str,
     show: bool,
-    f: &dyn Fn(&Tensor) -> Result<(Tensor, usize, usize)>,
+    f: &dyn Fn(&Tensor) -> Sampled,
 ) -> Result<Drawn> {
     let n = x_t.size()[0];
     let b = batch.max(1) as i64;
@@ -238,9 +250,9 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         real,
         o,
     };
-    let solve = |solver: Solver, steps: usize| {
-        let grid = solver.default_grid(&schedule, steps);
-        move |x: &Tensor| -> Result<(Tensor, usize, usize)> {
+    let solve = |solver: Solver, steps: usize, grid: Grid| {
+        let grid = grid.make(solver, &schedule, steps);
+        move |x: &Tensor| -> Sampled {
             let tr = solver.solve(teacher as &dyn Denoiser, &schedule, x, &grid, &[])?;
             Ok((tr.end, tr.nfe, tr.nfe))
         }
@@ -258,12 +270,18 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         o.batch,
         &reference_name,
         o.progress,
-        &solve(Solver::DpmSolver2M, o.reference_steps),
+        &solve(Solver::DpmSolver2M, o.reference_steps, Grid::Default),
     )?;
     methods.push((reference_name.clone(), "reference", reference));
     for &s in &o.ddim_steps {
         let name = format!("DDIM @ {s}");
-        let d = draw(&x_t, o.batch, &name, o.progress, &solve(Solver::Ddim, s))?;
+        let d = draw(
+            &x_t,
+            o.batch,
+            &name,
+            o.progress,
+            &solve(Solver::Ddim, s, o.ddim_grid),
+        )?;
         methods.push((name, "solver", d));
     }
     for &s in &o.dpm_steps {
@@ -273,7 +291,7 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
             o.batch,
             &name,
             o.progress,
-            &solve(Solver::DpmSolver2M, s),
+            &solve(Solver::DpmSolver2M, s, o.dpm_grid),
         )?;
         methods.push((name, "solver", d));
     }
@@ -356,6 +374,11 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
             o.kid_subset_size.min(o.count)
         ),
         knn: o.knn,
+        grids: format!(
+            "DDIM {}, DPM-Solver++(2M) {} (reference: default)",
+            o.ddim_grid.name(),
+            o.dpm_grid.name()
+        ),
     };
     let samples = methods
         .into_iter()
@@ -413,6 +436,7 @@ impl Report {
             "- PSNR / MSE: pixel error against the reference ({}) from the same x_T, images in [-1, 1], PSNR peak-to-peak 2\n",
             s.reference
         );
+        md += &format!("- solver step grids: {}\n", s.grids);
         md += "- wall time: sampling only, per image, after one untimed warm-up batch; NFE: network evaluations (a DSNO pass counts 1 and runs its backbone over M time slots: the passes column)\n\n";
         md += "| method | NFE | backbone passes | FD | KID | precision | recall | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n";
         md += "|---|---|---|---|---|---|---|---|---|---|\n";

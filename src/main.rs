@@ -80,6 +80,12 @@ struct EvalArgs {
     /// DPM-Solver++(2M) step counts, comma-separated.
     #[arg(long, default_value = "2,4,10,20")]
     dpm: String,
+    /// Step grid of the DDIM rows: default, uniform, quadratic, logsnr.
+    #[arg(long, default_value = "default")]
+    ddim_grid: String,
+    /// Step grid of the DPM-Solver++ rows: default, uniform, quadratic, logsnr.
+    #[arg(long, default_value = "default")]
+    dpm_grid: String,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -257,6 +263,9 @@ struct SampleArgs {
     /// Solver steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
+    /// Step grid: default (the solver's recommended one), uniform, quadratic, logsnr.
+    #[arg(long, default_value = "default")]
+    grid: String,
     /// Noise schedule of the toy model: vp-cosine, vp-linear, edm.
     #[arg(long, default_value = "vp-cosine")]
     schedule: String,
@@ -383,6 +392,7 @@ fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
         s.last_loss,
         a.out.join("model.safetensors").display()
     );
+    exit_if_stopped(&s);
     Ok(())
 }
 
@@ -398,7 +408,7 @@ fn sample_checkpoint(a: &SampleArgs, path: &std::path::Path, device: tch::Device
     let teacher = dsno::model::Teacher::load(path, device)?;
     let count = a.count.unwrap_or(64);
     let schedule = teacher.schedule();
-    let grid = solver.default_grid(&schedule, a.steps);
+    let grid = dsno::solver::Grid::from_name(&a.grid)?.make(solver, &schedule, a.steps);
     let shape = teacher.meta.model.sample_shape();
     let x_t = dsno::rng::noise(a.seed, 0..count as u64, &shape, Kind::Float, device)
         * schedule.sigma(grid[0]);
@@ -512,6 +522,14 @@ fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// A run stopped on request exits with status 130 (as after Ctrl-C), so that scripts can tell
+/// it from a finished one.
+fn exit_if_stopped(s: &dsno::train::Summary) {
+    if s.stopped {
+        std::process::exit(130);
+    }
+}
+
 fn parse_steps(s: &str, what: &str) -> Result<Vec<usize>> {
     s.split(',')
         .filter(|x| !x.trim().is_empty())
@@ -572,6 +590,8 @@ fn eval(a: EvalArgs, device: tch::Device) -> Result<()> {
         reference_steps: a.reference_steps,
         ddim_steps: parse_steps(&a.ddim, "--ddim")?,
         dpm_steps: parse_steps(&a.dpm, "--dpm")?,
+        ddim_grid: dsno::solver::Grid::from_name(&a.ddim_grid)?,
+        dpm_grid: dsno::solver::Grid::from_name(&a.dpm_grid)?,
         ..Default::default()
     };
     if a.batch == 0 || a.reference_steps == 0 {
@@ -659,7 +679,7 @@ fn sample(a: SampleArgs, device: tch::Device) -> Result<()> {
         weights: den.weights.to_device(device),
         schedule,
     };
-    let grid = solver.default_grid(&schedule, a.steps);
+    let grid = dsno::solver::Grid::from_name(&a.grid)?.make(solver, &schedule, a.steps);
     let x_t = dsno::rng::noise(a.seed, 0..count as u64, &[2], Kind::Double, device)
         * schedule.sigma(grid[0]);
     let start = Instant::now();
@@ -848,5 +868,6 @@ fn distill(a: DistillArgs, device: tch::Device) -> Result<()> {
         s.last_loss,
         a.out.join("model.safetensors").display()
     );
+    exit_if_stopped(&s);
     Ok(())
 }

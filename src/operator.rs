@@ -45,7 +45,10 @@ impl Operator {
             .slot_channels()
             .iter()
             .enumerate()
-            .map(|(i, &c)| TimeConv::new(&(p / "timeconv" / i), c, cfg.modes, m, DftPath::Matmul))
+            .map(|(i, &c)| {
+                let path = DftPath::fastest_on(p.device());
+                TimeConv::new(&(p / "timeconv" / i), c, cfg.modes, m, path)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Operator {
             cfg: cfg.clone(),

@@ -112,6 +112,55 @@ impl Solver {
     }
 }
 
+/// Step-grid spacings from `t_max` to the schedule's smallest finite time
+/// ([`Schedule::t_min_finite`]), for choosing a solver's grid by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grid {
+    /// The solver's recommended grid ([`Solver::default_grid`]).
+    Default,
+    /// Uniform in t (in σ for EDM).
+    Uniform,
+    /// Quadratic in t, dense at the data end (DPM-Solver's "time_quadratic").
+    Quadratic,
+    /// Uniform in log-SNR λ (DPM-Solver's "logSNR").
+    LogSnr,
+}
+
+impl Grid {
+    /// Parses `default`, `uniform`, `quadratic`, `logsnr`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "default" => Ok(Grid::Default),
+            "uniform" => Ok(Grid::Uniform),
+            "quadratic" => Ok(Grid::Quadratic),
+            "logsnr" | "lambda" => Ok(Grid::LogSnr),
+            _ => Err(Error::invalid(format!(
+                "unknown grid `{name}`: expected default, uniform, quadratic or logsnr"
+            ))),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grid::Default => "default",
+            Grid::Uniform => "uniform",
+            Grid::Quadratic => "quadratic",
+            Grid::LogSnr => "logsnr",
+        }
+    }
+
+    /// The `n`-step grid of `solver` on `schedule` with this spacing.
+    pub fn make(&self, solver: Solver, schedule: &Schedule, n: usize) -> Vec<f64> {
+        let (t0, t1) = (schedule.t_range().1, schedule.t_min_finite());
+        match self {
+            Grid::Default => solver.default_grid(schedule, n),
+            Grid::Uniform => Schedule::uniform_grid(t0, t1, n),
+            Grid::Quadratic => Schedule::quadratic_grid(t0, t1, n),
+            Grid::LogSnr => schedule.lambda_grid(t0, t1, n),
+        }
+    }
+}
+
 /// A solved trajectory.
 #[derive(Debug)]
 pub struct Trajectory {

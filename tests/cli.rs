@@ -1,4 +1,5 @@
-//! The command line: every subcommand has help, unfinished ones refuse, sample writes a PNG.
+//! The command line: every subcommand has help, bad input fails with a message naming it,
+//! sample writes a PNG.
 use dsno::image::Image;
 use std::process::Command;
 
@@ -24,6 +25,8 @@ fn every_subcommand_has_help() {
         "distill",
         "eval",
         "bench",
+        "export",
+        "train-classifier",
     ] {
         let out = dsno(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");
@@ -108,7 +111,7 @@ fn sample_without_arguments_uses_the_bundled_mnist_model() {
 }
 
 #[test]
-fn bad_arguments_and_unfinished_commands_fail_clearly() {
+fn bad_arguments_fail_clearly() {
     for (args, msg) in [
         (vec!["sample", "--count", "0"], "--count"),
         (vec!["sample", "--toy", "--solver", "rk4"], "unknown solver"),
@@ -127,7 +130,46 @@ fn bad_arguments_and_unfinished_commands_fail_clearly() {
             ],
             "nowhere.safetensors",
         ),
-        (vec!["eval", "--data", "x"], "not implemented yet"),
+        (vec!["eval", "--data", "x"], "required"),
+        (
+            vec![
+                "eval",
+                "--data",
+                "x",
+                "--teacher",
+                "nowhere.safetensors",
+                "--out",
+                "y",
+            ],
+            "nowhere.safetensors",
+        ),
+        (
+            vec![
+                "eval",
+                "--data",
+                "x",
+                "--teacher",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/models/mnist-teacher.safetensors"
+                ),
+                "--classifier",
+                "no-classifier.safetensors",
+                "--out",
+                "y",
+            ],
+            "no-classifier.safetensors",
+        ),
+        (
+            vec![
+                "train-classifier",
+                "--data",
+                "no-such-folder",
+                "--out",
+                "c.safetensors",
+            ],
+            "no-such-folder",
+        ),
     ] {
         let out = dsno(&args);
         assert!(!out.status.success(), "{args:?} succeeded");

@@ -85,7 +85,7 @@ fn matches_a_naive_complex_dft() {
         let want = Tensor::from_slice(&want)
             .reshape([b, m, c, p])
             .to_kind(Kind::Float);
-        for path in [DftPath::Fft, DftPath::Matmul] {
+        for path in [DftPath::Fft, DftPath::Matmul, DftPath::Dense] {
             tc.set_path(path);
             let got = tc.forward(&u);
             let err = (&got - &want).abs().max().double_value(&[]);
@@ -100,7 +100,7 @@ fn zero_weights_are_the_identity() {
     let mut tc = TimeConv::new(&vs.root(), 4, 2, 4, DftPath::Matmul).unwrap();
     let _ = tch::no_grad(|| tc.weight.zero_());
     let u = Tensor::randn([3, 4, 4, 2, 2], (Kind::Float, Device::Cpu));
-    for path in [DftPath::Fft, DftPath::Matmul] {
+    for path in [DftPath::Fft, DftPath::Matmul, DftPath::Dense] {
         tc.set_path(path);
         assert!(tc.forward(&u).equal(&u), "{path:?}");
     }
@@ -119,7 +119,7 @@ fn gradients_match_finite_differences() {
     });
     let u = Tensor::randn([2, 4, 3, 2], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let target = Tensor::randn([2, 4, 3, 2], (Kind::Double, Device::Cpu));
-    for path in [DftPath::Fft, DftPath::Matmul] {
+    for path in [DftPath::Fft, DftPath::Matmul, DftPath::Dense] {
         tc.set_path(path);
         let loss = |tc: &TimeConv, u: &Tensor| (tc.forward(u) * &target).sum(Kind::Double);
         tc.weight.zero_grad();

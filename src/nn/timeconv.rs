@@ -13,7 +13,8 @@
 //! Two exact implementations: [`DftPath::Fft`] (`fft_rfft`/`fft_irfft`) and
 //! [`DftPath::Matmul`], which writes the truncated real DFT and its inverse as fixed `2K × M`
 //! and `M × 2K` matrices and the complex mix as one real `2C × 2C` block matrix per mode; for
-//! the small M of DSNO the latter is faster (`dsno bench engine` measures both).
+//! the small M of DSNO the latter is faster (`dsno bench engine` measures both). [`DftPath::Dense`]
+//! composes the whole layer into one matrix over (slot, channel): fastest on the CPU.
 use crate::{Error, Result};
 use std::f64::consts::PI;
 use tch::{nn, Device, Kind, Tensor};
@@ -23,6 +24,23 @@ use tch::{nn, Device, Kind, Tensor};
 pub enum DftPath {
     Fft,
     Matmul,
+    /// The layer's whole linear map `u ↦ irfft(mix(rfft(u)))` over (slot, channel), composed
+    /// into one `[M·C, M·C]` matrix from the weight at each call and applied as a single GEMM
+    /// over all positions: twice the FLOPs of [`DftPath::Matmul`] but no reshuffling of the
+    /// activations.
+    Dense,
+}
+
+impl DftPath {
+    /// The form measured fastest on `device` (`dsno bench engine`, docs/RESULTS.md §2 and §8):
+    /// the dense map on the CPU (forward 15–26 % faster than the matmul DFT at batch 64–250 on
+    /// the MNIST operator), the matmul DFT on CUDA (the dense map is not measured there yet).
+    pub fn fastest_on(device: Device) -> Self {
+        match device {
+            Device::Cpu => DftPath::Dense,
+            _ => DftPath::Matmul,
+        }
+    }
 }
 
 /// The Fourier temporal layer. Variable: `weight` `[C, C, modes, 2]`.
@@ -117,6 +135,7 @@ impl TimeConv {
         let v = match self.path {
             DftPath::Fft => self.mix_fft(&u4),
             DftPath::Matmul => self.mix_matmul(&u4),
+            DftPath::Dense => self.mix_dense(&u4),
         };
         u + v.leaky_relu().reshape(s.as_slice())
     }
@@ -163,6 +182,33 @@ impl TimeConv {
             .permute([0, 2, 1, 3, 4])
             .reshape([b, 2 * k, c, p]);
         Tensor::einsum("mj,bjcp->bmcp", &[g, v], None::<i64>)
+    }
+
+    /// The composed map `L [M·C, M·C]` with `v[m, o] = Σ_{n,i} L[(m,o), (n,i)] u[n, i]`.
+    pub fn dense_map(&self, kind: Kind) -> Tensor {
+        let (m, c, k) = (self.slots, self.channels, self.modes);
+        let f = self.fwd.to_kind(kind); // [2K, M]
+        let g = self.inv.to_kind(kind); // [M, 2K]
+        let w = self.weight.to_kind(kind);
+        let (wr, wi) = (w.select(3, 0), w.select(3, 1)); // [Cin, Cout, K]
+        let (fr, fi) = (f.narrow(0, 0, k), f.narrow(0, k, k)); // [K, M]
+        let (gr, gi) = (g.narrow(1, 0, k), g.narrow(1, k, k)); // [M, K]
+                                                               // Re V = Σ_i Re U·Wr − Im U·Wi;  Im V = Σ_i Re U·Wi + Im U·Wr;  v = Gr Re V + Gi Im V
+                                                               // with Re U = Fr u, Im U = Fi u: L[m,o,n,i] = Σ_k (Gr[m,k] (Fr[k,n] Wr[i,o,k] − Fi[k,n] Wi[i,o,k])
+                                                               //                                               + Gi[m,k] (Fr[k,n] Wi[i,o,k] + Fi[k,n] Wr[i,o,k]))
+        let a = Tensor::einsum("mk,kn->mnk", &[&gr, &fr], None::<i64>)
+            + Tensor::einsum("mk,kn->mnk", &[&gi, &fi], None::<i64>); // multiplies Wr
+        let bm = Tensor::einsum("mk,kn->mnk", &[&gi, &fr], None::<i64>)
+            - Tensor::einsum("mk,kn->mnk", &[&gr, &fi], None::<i64>); // multiplies Wi
+        let l = Tensor::einsum("mnk,iok->moni", &[a, wr], None::<i64>)
+            + Tensor::einsum("mnk,iok->moni", &[bm, wi], None::<i64>);
+        l.reshape([m * c, m * c])
+    }
+
+    fn mix_dense(&self, u: &Tensor) -> Tensor {
+        let (b, m, c, p) = (u.size()[0], self.slots, self.channels, u.size()[3]);
+        let l = self.dense_map(u.kind());
+        l.matmul(&u.reshape([b, m * c, p])).reshape([b, m, c, p])
     }
 
     /// Parameters: `C·C·modes·2`.

@@ -134,6 +134,8 @@ pub struct Summary {
     pub end_step: u64,
     pub last_loss: f64,
     pub seconds: f64,
+    /// Whether the run was stopped on request (Ctrl-C / SIGTERM) before its last step.
+    pub stopped: bool,
 }
 
 impl Run<'_> {
@@ -302,6 +304,7 @@ impl Run<'_> {
                     end_step: done,
                     last_loss,
                     seconds: t0.elapsed().as_secs_f64(),
+                    stopped: true,
                 });
             }
         }
@@ -315,6 +318,7 @@ impl Run<'_> {
             end_step: cfg.steps.max(start),
             last_loss,
             seconds: t0.elapsed().as_secs_f64(),
+            stopped: false,
         })
     }
 }
