@@ -136,18 +136,29 @@ pub fn save(
     tensors: &[(String, Tensor)],
     store: Option<Kind>,
 ) -> Result<()> {
-    let raws: Vec<(String, Raw)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
-        .collect::<Result<_>>()?;
     let json = serde_json::to_string(meta)
         .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
     let info = HashMap::from([
         ("dsno".to_string(), json),
         ("format".to_string(), "dsno-checkpoint-1".to_string()),
     ]);
+    write_safetensors(path, tensors, store, info)
+}
+
+/// Serialises `tensors` (floating ones stored as `store` if given) with the metadata `info` and
+/// writes `path` atomically.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    store: Option<Kind>,
+    info: HashMap<String, String>,
+) -> Result<()> {
+    let raws: Vec<(String, Raw)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
+        .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(info))
-        .map_err(|e| Error::file(path, format!("cannot serialise checkpoint: {e}")))?;
+        .map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }
 
@@ -169,6 +180,13 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         .ok_or_else(|| Error::file(path, "no dsno metadata: not a dsno checkpoint"))?;
     let meta: CheckpointMeta = serde_json::from_str(json)
         .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))?;
+    let tensors = read_tensors(bytes, path)?;
+    Ok(Checkpoint { meta, tensors })
+}
+
+/// Every tensor of a safetensors file held in memory (CPU, stored kind); `path` names it in
+/// errors.
+pub(crate) fn read_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("corrupt safetensors data ({e})")))?;
     let mut tensors = BTreeMap::new();
@@ -176,7 +194,7 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         let t = tensor_of(&view, &name, path)?;
         tensors.insert(name, t);
     }
-    Ok(Checkpoint { meta, tensors })
+    Ok(tensors)
 }
 
 impl Checkpoint {
@@ -194,33 +212,45 @@ impl Checkpoint {
         path: &Path,
         filter: impl Fn(&str) -> bool,
     ) -> Result<()> {
-        let _g = tch::no_grad_guard();
-        let vars = vs.variables();
-        let mut names: Vec<&String> = vars.keys().filter(|n| filter(n)).collect();
-        names.sort();
-        for name in names {
-            let key = format!("{prefix}{name}");
-            let src = self.tensors.get(&key).ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!("missing tensor `{key}` (the checkpoint does not match the model)"),
-                )
-            })?;
-            let mut dst = vars[name].shallow_clone();
-            if src.size() != dst.size() {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "tensor `{key}` has shape {:?}, the model expects {:?}",
-                        src.size(),
-                        dst.size()
-                    ),
-                ));
-            }
-            dst.f_copy_(&src.to_kind(dst.kind()).to_device(dst.device()))?;
-        }
-        Ok(())
+        copy_into(&self.tensors, vs, prefix, path, filter)
     }
+}
+
+/// Copies `tensors[prefix + name]` into every variable `name` of `vs` that passes `filter`; a
+/// missing key or a shape mismatch is an error naming the file and the key.
+pub(crate) fn copy_into(
+    tensors: &BTreeMap<String, Tensor>,
+    vs: &nn::VarStore,
+    prefix: &str,
+    path: &Path,
+    filter: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().filter(|n| filter(n)).collect();
+    names.sort();
+    for name in names {
+        let key = format!("{prefix}{name}");
+        let src = tensors.get(&key).ok_or_else(|| {
+            Error::file(
+                path,
+                format!("missing tensor `{key}` (the checkpoint does not match the model)"),
+            )
+        })?;
+        let mut dst = vars[name].shallow_clone();
+        if src.size() != dst.size() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{key}` has shape {:?}, the model expects {:?}",
+                    src.size(),
+                    dst.size()
+                ),
+            ));
+        }
+        dst.f_copy_(&src.to_kind(dst.kind()).to_device(dst.device()))?;
+    }
+    Ok(())
 }
 
 /// A tensor from a safetensors view; `name` and `path` name it in errors.

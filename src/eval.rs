@@ -142,19 +142,7 @@ struct Drawn {
 }
 
 fn bar(show: bool, total: usize, name: &str) -> indicatif::ProgressBar {
-    let b = if show {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:24} {bar:30} {pos}/{len} samples {per_sec} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    b.set_message(name.to_string());
-    b
+    crate::train::samples_bar(show, total as u64, &format!("{name:24}"))
 }
 
 /// One batch of a method: its samples, the network evaluations and the backbone passes per

@@ -265,17 +265,7 @@ pub fn generate(
         .iter()
         .map(|&j| manifest.shard_range(j).1 - manifest.shard_range(j).0)
         .sum();
-    let bar = if o.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} samples {per_sec} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
+    let bar = crate::train::samples_bar(o.progress, total as u64, "trajectories");
     let t0 = std::time::Instant::now();
     let lambdas = Tensor::from_slice(
         &o.times

@@ -162,16 +162,14 @@ pub struct ClassifierInfo {
 
 /// Writes the classifier's variables (float32) and `info` to `path`, atomically.
 pub fn save(path: &std::path::Path, vs: &nn::VarStore, info: &ClassifierInfo) -> Result<()> {
-    let tensors = crate::checkpoint::named(vs, "");
-    let raws: Vec<(String, crate::checkpoint::Raw)> = tensors
-        .iter()
-        .map(|(n, t)| Ok((n.clone(), crate::checkpoint::raw(t, Some(Kind::Float))?)))
-        .collect::<Result<_>>()?;
     let json = serde_json::to_string(info).map_err(|e| crate::Error::invalid(e.to_string()))?;
     let meta = std::collections::HashMap::from([("dsno-classifier".to_string(), json)]);
-    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(meta))
-        .map_err(|e| crate::Error::file(path, format!("cannot serialise classifier: {e}")))?;
-    crate::fsio::write_atomic(path, &bytes)
+    crate::checkpoint::write_safetensors(
+        path,
+        &crate::checkpoint::named(vs, ""),
+        Some(Kind::Float),
+        meta,
+    )
 }
 
 /// A classifier loaded from a file written by [`save`], with its variables and description.
@@ -204,33 +202,10 @@ pub fn load_bytes(bytes: &[u8], path: &std::path::Path, device: Device) -> Resul
         })?;
     let info: ClassifierInfo = serde_json::from_str(json)
         .map_err(|e| crate::Error::file(path, format!("unreadable classifier metadata: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| crate::Error::file(path, format!("corrupt safetensors data ({e})")))?;
+    let tensors = crate::checkpoint::read_tensors(bytes, path)?;
     let mut vs = nn::VarStore::new(device);
     let net = Classifier::new(&vs.root());
-    {
-        let _g = tch::no_grad_guard();
-        for (name, mut var) in vs.variables() {
-            let view = st.tensor(&name).map_err(|_| {
-                crate::Error::file(
-                    path,
-                    format!("missing tensor `{name}` (not this classifier)"),
-                )
-            })?;
-            let t = crate::checkpoint::tensor_of(&view, &name, path)?;
-            if t.size() != var.size() {
-                return Err(crate::Error::file(
-                    path,
-                    format!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.size(),
-                        var.size()
-                    ),
-                ));
-            }
-            var.f_copy_(&t.to_kind(Kind::Float).to_device(device))?;
-        }
-    }
+    crate::checkpoint::copy_into(&tensors, &vs, "", path, |_| true)?;
     vs.freeze();
     Ok(Loaded { vs, net, info })
 }

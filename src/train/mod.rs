@@ -358,6 +358,24 @@ pub fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBa
     bar
 }
 
+/// A progress bar over `total` samples with their rate, labelled `label` (drawn on a terminal
+/// only; hidden when `show` is false).
+pub fn samples_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} samples {per_sec} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// The CSV log: `step,loss,lr,grad_norm,samples_per_s,<extra…>`. On resume, rows past the
 /// checkpoint's step are dropped first, so the log matches an uninterrupted run.
 struct CsvLog {
