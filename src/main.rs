@@ -18,6 +18,11 @@ struct Cli {
     /// CPU threads for libtorch (default: libtorch's choice, all cores).
     #[arg(long, global = true)]
     threads: Option<i32>,
+    /// Let the C allocator return freed host memory to the kernel after every large tensor
+    /// (glibc's default). By default dsno keeps it for reuse: on the CPU a DSNO pass runs 1.5 ×
+    /// faster and the process keeps its peak heap (docs/RESULTS.md §2).
+    #[arg(long, global = true)]
+    release_host_memory: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -235,6 +240,10 @@ struct TrainTeacherArgs {
     /// Continue from <out>/ckpt.safetensors.
     #[arg(long)]
     resume: bool,
+    /// Start a fresh run from this teacher checkpoint's weights (same [model]; new optimiser,
+    /// step 0, warm-up again). Ignored with --resume, whose checkpoint holds the weights.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Override the number of training steps of the config.
     #[arg(long)]
     steps: Option<u64>,
@@ -285,6 +294,9 @@ struct SampleArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if !cli.release_host_memory {
+        dsno::device::keep_freed_host_memory();
+    }
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -383,7 +395,15 @@ fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
         dsno::device::describe(device)
     );
     dsno::train::install_stop_handler();
-    let s = train(&cfg, data, &a.out, a.resume, device, true)?;
+    let s = train(
+        &cfg,
+        data,
+        &a.out,
+        a.resume,
+        a.init.as_deref(),
+        device,
+        true,
+    )?;
     println!(
         "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
         s.start_step,

@@ -111,6 +111,44 @@ fn sample_without_arguments_uses_the_bundled_mnist_model() {
 }
 
 #[test]
+fn keeping_freed_host_memory_changes_no_bits() {
+    // the default (freed host memory kept for reuse) and glibc's own policy give the same
+    // samples, bit for bit; on glibc the allocator accepts the settings
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    assert!(dsno::device::keep_freed_host_memory());
+    let dir = tempdir("host-memory");
+    let mut files = vec![];
+    for (name, flag) in [("kept", None), ("released", Some("--release-host-memory"))] {
+        let raw = dir.join(format!("{name}.safetensors"));
+        let png = dir.join(format!("{name}.png"));
+        let mut args = vec![
+            "sample",
+            "--device",
+            "cpu",
+            "--count",
+            "16",
+            "--out",
+            png.to_str().unwrap(),
+            "--safetensors",
+            raw.to_str().unwrap(),
+        ];
+        args.extend(flag);
+        let out = dsno(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        files.push(std::fs::read(&raw).unwrap());
+    }
+    assert!(
+        files[0] == files[1],
+        "samples differ between allocator policies"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn bad_arguments_fail_clearly() {
     for (args, msg) in [
         (vec!["sample", "--count", "0"], "--count"),

@@ -42,7 +42,16 @@ fn toy_teacher_learns_the_distribution() {
     let cfg = toy_config(500);
     let dir = tempdir("toy-teacher");
     let data = cfg.data.load(None).unwrap();
-    train(&cfg, data.shallow_clone(), &dir, false, Device::Cpu, false).unwrap();
+    train(
+        &cfg,
+        data.shallow_clone(),
+        &dir,
+        false,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
     let teacher = Teacher::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
     let schedule = teacher.schedule();
     let grid = Solver::DpmSolver2M.default_grid(&schedule, 50);
@@ -81,6 +90,7 @@ fn resume_gives_identical_weights() {
         data.shallow_clone(),
         &straight,
         false,
+        None,
         Device::Cpu,
         false,
     )
@@ -92,12 +102,22 @@ fn resume_gives_identical_weights() {
         data.shallow_clone(),
         &split,
         false,
+        None,
         Device::Cpu,
         false,
     )
     .unwrap();
     cfg.train.steps = 40;
-    train(&cfg, data.shallow_clone(), &split, true, Device::Cpu, false).unwrap();
+    train(
+        &cfg,
+        data.shallow_clone(),
+        &split,
+        true,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
     let a = checkpoint::load(&straight.join("ckpt.safetensors")).unwrap();
     let b = checkpoint::load(&split.join("ckpt.safetensors")).unwrap();
     assert_eq!(a.meta.step, 40);
@@ -138,14 +158,31 @@ fn resume_with_a_different_config_is_refused() {
     cfg.train.checkpoint_every = 5;
     let data = cfg.data.load(None).unwrap();
     let dir = tempdir("resume-mismatch");
-    train(&cfg, data.shallow_clone(), &dir, false, Device::Cpu, false).unwrap();
+    train(
+        &cfg,
+        data.shallow_clone(),
+        &dir,
+        false,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut other = cfg.clone();
     other.train.lr *= 2.0;
     other.train.steps = 10;
-    let e = train(&other, data.shallow_clone(), &dir, true, Device::Cpu, false)
-        .unwrap_err()
-        .to_string();
+    let e = train(
+        &other,
+        data.shallow_clone(),
+        &dir,
+        true,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("different configuration") && e.contains("ckpt.safetensors"),
         "{e}"
@@ -156,7 +193,16 @@ fn resume_with_a_different_config_is_refused() {
         ..Default::default()
     });
     other.train.steps = 10;
-    assert!(train(&other, data.shallow_clone(), &dir, true, Device::Cpu, false).is_err());
+    assert!(train(
+        &other,
+        data.shallow_clone(),
+        &dir,
+        true,
+        None,
+        Device::Cpu,
+        false
+    )
+    .is_err());
     assert_eq!(
         std::fs::read(dir.join("ckpt.safetensors")).unwrap(),
         before,
@@ -172,12 +218,21 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     cfg.train.checkpoint_every = 4;
     let data = cfg.data.load(None).unwrap();
     let dir = tempdir("nan");
-    train(&cfg, data.shallow_clone(), &dir, false, Device::Cpu, false).unwrap();
+    train(
+        &cfg,
+        data.shallow_clone(),
+        &dir,
+        false,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut bad = data.copy();
     let _ = bad.fill_(f64::NAN);
     cfg.train.steps = 8;
-    let e = train(&cfg, bad, &dir, true, Device::Cpu, false)
+    let e = train(&cfg, bad, &dir, true, None, Device::Cpu, false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -206,6 +261,7 @@ fn a_checkpoint_missing_a_key_is_a_clear_error() {
         cfg.data.load(None).unwrap(),
         &dir,
         false,
+        None,
         Device::Cpu,
         false,
     )
@@ -295,5 +351,111 @@ fn reads_the_shared_mnist_and_fashion_mnist_test_sets() {
         assert_eq!(labels.max().int64_value(&[]), 9);
         let x = dsno::data::to_unit_range(&imgs);
         assert!(x.min().double_value(&[]) >= -1.0 && x.max().double_value(&[]) <= 1.0);
+    }
+}
+
+#[test]
+fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
+    let _serial = serial();
+    let mut cfg = toy_config(20);
+    cfg.train.checkpoint_every = 20;
+    cfg.train.warmup = 0;
+    cfg.train.lr = 1e-2; // moves the weights well away from their initial values
+    let data = cfg.data.load(None).unwrap();
+    let first = tempdir("init-first");
+    train(
+        &cfg,
+        data.shallow_clone(),
+        &first,
+        false,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let trained = first.join("model.safetensors");
+    let weights = |p: &Path| {
+        checkpoint::load(p)
+            .unwrap()
+            .tensors
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    // learning rate 0: the weights stay where --init put them
+    let mut frozen = cfg.clone();
+    frozen.train.lr = 0.0;
+    frozen.train.steps = 2;
+    frozen.train.checkpoint_every = 2;
+    let second = tempdir("init-second");
+    train(
+        &frozen,
+        data.shallow_clone(),
+        &second,
+        false,
+        Some(&trained),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let third = tempdir("init-none");
+    train(
+        &frozen,
+        data.shallow_clone(),
+        &third,
+        false,
+        None,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let (a, b, fresh) = (
+        weights(&trained),
+        weights(&second.join("model.safetensors")),
+        weights(&third.join("model.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    let max_diff = |x: &[(String, Tensor)], y: &[(String, Tensor)]| {
+        x.iter()
+            .zip(y)
+            .map(|((n, s), (m, t))| {
+                assert_eq!(n, m);
+                (s - t).abs().max().double_value(&[])
+            })
+            .fold(0.0, f64::max)
+    };
+    assert!(
+        max_diff(&a, &b) < 1e-6,
+        "init weights differ by {}",
+        max_diff(&a, &b)
+    );
+    let moved = max_diff(&a, &fresh);
+    println!(
+        "init: max |Δw| {:.2e} after init, {moved:.2e} without",
+        max_diff(&a, &b)
+    );
+    assert!(moved > 1e-2, "a fresh run should differ: {moved}");
+
+    let mut other = cfg.clone();
+    other.model = dsno::nn::ModelConfig::Mlp(dsno::nn::mlp::MlpConfig {
+        hidden: 64,
+        ..Default::default()
+    });
+    let e = train(
+        &other,
+        data.shallow_clone(),
+        &tempdir("init-bad"),
+        false,
+        Some(&trained),
+        Device::Cpu,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("differs from the config") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    for d in [first, second, third] {
+        std::fs::remove_dir_all(d).ok();
     }
 }

@@ -4,7 +4,7 @@
 //! `w(λ_t)·‖x̂ − x‖²` (mean over pixels and batch). The weight is the "truncated SNR"
 //! `max(SNR, 1)` of progressive distillation by default.
 use super::{Run, RunFiles, StepLoss, Summary, TrainConfig};
-use crate::checkpoint::{CheckpointMeta, ModelKind};
+use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::{idx, to_unit_range, toy2d, Batches};
 use crate::nn::ModelConfig;
 use crate::schedule::Schedule;
@@ -144,12 +144,16 @@ fn coefficients(
 }
 
 /// Trains a teacher on `data` (float `[N, …]`) into `out`; `resume` continues from
-/// `out/ckpt.safetensors`.
+/// `out/ckpt.safetensors`. A fresh run (not `resume`) starts from the weights of the teacher
+/// checkpoint `init` when given (same model config; fresh optimiser and step count, the
+/// warm-up included): how a trained teacher is trained further when its optimiser state is
+/// not at hand, e.g. from a bundled float16 export.
 pub fn train(
     cfg: &TeacherConfig,
     data: Tensor,
     out: &Path,
     resume: bool,
+    init: Option<&Path>,
     device: Device,
     progress: bool,
 ) -> Result<Summary> {
@@ -164,6 +168,25 @@ pub fn train(
     let vs = nn::VarStore::new(device);
     tch::manual_seed(super::step_seed(cfg.train.seed, u64::MAX));
     let net = cfg.model.build(&vs.root())?;
+    if let (Some(path), false) = (init, resume) {
+        let ck = checkpoint::load(path)?;
+        if ck.meta.kind != ModelKind::Teacher {
+            return Err(Error::file(
+                path,
+                format!(
+                    "--init needs a teacher, this is a {:?} checkpoint",
+                    ck.meta.kind
+                ),
+            ));
+        }
+        if ck.meta.model != cfg.model {
+            return Err(Error::file(
+                path,
+                "--init: the checkpoint's model differs from the config's [model]",
+            ));
+        }
+        ck.load_into(&vs, "", path)?;
+    }
     let batches = Batches::new(data.to_device(device), cfg.train.batch_size, cfg.train.seed)?;
     let meta = CheckpointMeta {
         kind: ModelKind::Teacher,
