@@ -24,6 +24,7 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
         cfg.data.load(None).unwrap(),
         &dir.join("teacher"),
         false,
+        None,
         Device::Cpu,
         false,
     )

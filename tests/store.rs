@@ -38,6 +38,7 @@ fn toy_teacher(dir: &Path) -> PathBuf {
         cfg.data.load(None).unwrap(),
         &dir.join("teacher"),
         false,
+        None,
         Device::Cpu,
         false,
     )
@@ -163,6 +164,7 @@ fn mismatched_and_empty_stores_are_rejected() {
         cfg.data.load(None).unwrap(),
         &dir.join("other"),
         false,
+        None,
         Device::Cpu,
         false,
     )
@@ -316,6 +318,7 @@ fn sample_writes_grids_and_trajectory_strips() {
         images,
         &dir.join("teacher"),
         false,
+        None,
         Device::Cpu,
         false,
     )
