@@ -100,6 +100,9 @@ pub struct Row {
     pub psnr: Option<f64>,
     /// Wall time per image in milliseconds (sampling only, after one untimed warm-up batch).
     pub wall_ms: Option<f64>,
+    /// Fraction of samples the classifier labels with probability > [`CONFIDENT`].
+    #[serde(default)]
+    pub confident: Option<f64>,
     /// Samples scored.
     pub samples: usize,
 }
@@ -181,6 +184,9 @@ fn draw(
     })
 }
 
+/// The class probability above which a sample counts as confidently labelled.
+pub const CONFIDENT: f64 = 0.9;
+
 /// Feature-space scores of `feats` against the real reference.
 struct Scorer<'a> {
     real: Tensor,
@@ -230,6 +236,9 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         cls.features_batched(&x.clamp(-1.0, 1.0).to_device(cls.device()), 1000)
             .to_device(Device::Cpu)
             .to_kind(Kind::Double)
+    };
+    let confident = |x: &Tensor| -> f64 {
+        cls.confident_fraction(&x.clamp(-1.0, 1.0).to_device(cls.device()), CONFIDENT, 1000)
     };
     let real = feat(&inp.train_images);
     let n_real_pr = (o.count as i64).min(inp.train_images.size()[0]);
@@ -320,13 +329,14 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
             mse: (*kind != "reference").then_some(mse),
             psnr: (*kind != "reference").then(|| 10.0 * (4.0 / mse).log10()),
             wall_ms: Some(1e3 * d.seconds / o.count as f64),
+            confident: Some(confident(&d.samples)),
             samples: o.count,
         });
         pb.inc(1);
     }
     let n_floor = (o.count as i64).min(inp.test_images.size()[0]);
-    let (fd, kid, kid_se, precision, recall) =
-        scorer.score(&feat(&inp.test_images.narrow(0, 0, n_floor)))?;
+    let floor_images = inp.test_images.narrow(0, 0, n_floor);
+    let (fd, kid, kid_se, precision, recall) = scorer.score(&feat(&floor_images))?;
     pb.finish_and_clear();
     rows.push(Row {
         method: "real test images (floor)".into(),
@@ -341,6 +351,7 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         mse: None,
         psnr: None,
         wall_ms: None,
+        confident: Some(confident(&floor_images)),
         samples: n_floor as usize,
     });
     let setup = Setup {
@@ -425,12 +436,13 @@ impl Report {
             s.reference
         );
         md += &format!("- solver step grids: {}\n", s.grids);
-        md += "- wall time: sampling only, per image, after one untimed warm-up batch; NFE: network evaluations (a DSNO pass counts 1 and runs its backbone over M time slots: the passes column)\n\n";
-        md += "| method | NFE | backbone passes | FD | KID | precision | recall | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n";
-        md += "|---|---|---|---|---|---|---|---|---|---|\n";
+        md += "- wall time: sampling only, per image, after one untimed warm-up batch; NFE: network evaluations (a DSNO pass counts 1 and runs its backbone over M time slots: the passes column)\n";
+        md += &format!("- confident: fraction of samples the classifier labels with probability > {CONFIDENT}\n\n");
+        md += "| method | NFE | backbone passes | FD | KID | precision | recall | confident | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n";
+        md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
         for r in &self.rows {
             md += &format!(
-                "| {} | {} | {} | {:.3} | {:.4} ± {:.4} | {:.3} | {:.3} | {} | {} | {} |\n",
+                "| {} | {} | {} | {:.3} | {:.4} ± {:.4} | {:.3} | {:.3} | {} | {} | {} | {} |\n",
                 r.method,
                 r.nfe.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
                 r.backbone_passes
@@ -441,6 +453,7 @@ impl Report {
                 r.kid_se,
                 r.precision,
                 r.recall,
+                fmt_opt(r.confident, 3),
                 fmt_opt(r.psnr, 2),
                 fmt_opt(r.mse, 5),
                 fmt_opt(r.wall_ms, 3),

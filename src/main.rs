@@ -147,7 +147,14 @@ struct DistillArgs {
     /// dsno or kd (overrides the config's method).
     #[arg(long)]
     method: Option<String>,
-    /// Output folder: ckpt.safetensors, model.safetensors, log.csv.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Where a training run writes, whether it continues, and for how long.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Output folder: ckpt.safetensors (training state), model.safetensors (EMA), log.csv.
     #[arg(long)]
     out: PathBuf,
     /// Continue from <out>/ckpt.safetensors.
@@ -156,6 +163,23 @@ struct DistillArgs {
     /// Override the number of training steps of the config.
     #[arg(long)]
     steps: Option<u64>,
+}
+
+impl RunArgs {
+    /// Prints how the run went; a run stopped on request exits with status 130.
+    fn report(&self, s: &dsno::train::Summary) {
+        println!(
+            "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
+            s.start_step,
+            s.end_step,
+            s.seconds,
+            s.last_loss,
+            self.out.join("model.safetensors").display()
+        );
+        if s.stopped {
+            std::process::exit(130);
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -234,19 +258,12 @@ struct TrainTeacherArgs {
     /// Folder with the IDX files (train-images-idx3-ubyte[.gz], …) for image data sets.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output folder: ckpt.safetensors (training state), model.safetensors (EMA), log.csv.
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue from <out>/ckpt.safetensors.
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    run: RunArgs,
     /// Start a fresh run from this teacher checkpoint's weights (same [model]; new optimiser,
     /// step 0, warm-up again). Ignored with --resume, whose checkpoint holds the weights.
     #[arg(long)]
     init: Option<PathBuf>,
-    /// Override the number of training steps of the config.
-    #[arg(long)]
-    steps: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -381,9 +398,7 @@ fn train_classifier(a: TrainClassifierArgs, device: tch::Device) -> Result<()> {
 fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
     use dsno::train::teacher::{train, TeacherConfig};
     let mut cfg = TeacherConfig::load(&a.config)?;
-    if let Some(s) = a.steps {
-        cfg.train.steps = s;
-    }
+    cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
     let data = cfg.data.load(a.data.as_deref())?;
     println!(
         "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
@@ -398,21 +413,13 @@ fn train_teacher(a: TrainTeacherArgs, device: tch::Device) -> Result<()> {
     let s = train(
         &cfg,
         data,
-        &a.out,
-        a.resume,
+        &a.run.out,
+        a.run.resume,
         a.init.as_deref(),
         device,
         true,
     )?;
-    println!(
-        "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
-        s.start_step,
-        s.end_step,
-        s.seconds,
-        s.last_loss,
-        a.out.join("model.safetensors").display()
-    );
-    exit_if_stopped(&s);
+    a.run.report(&s);
     Ok(())
 }
 
@@ -544,12 +551,6 @@ fn export(a: ExportArgs) -> Result<()> {
 
 /// A run stopped on request exits with status 130 (as after Ctrl-C), so that scripts can tell
 /// it from a finished one.
-fn exit_if_stopped(s: &dsno::train::Summary) {
-    if s.stopped {
-        std::process::exit(130);
-    }
-}
-
 fn parse_steps(s: &str, what: &str) -> Result<Vec<usize>> {
     s.split(',')
         .filter(|x| !x.trim().is_empty())
@@ -860,9 +861,7 @@ fn distill(a: DistillArgs, device: tch::Device) -> Result<()> {
             _ => bail!("--method `{m}`: expected dsno or kd"),
         };
     }
-    if let Some(s) = a.steps {
-        cfg.train.steps = s;
-    }
+    cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
     println!(
         "distill ({:?}): {} steps of {} on {}",
         cfg.method,
@@ -875,19 +874,11 @@ fn distill(a: DistillArgs, device: tch::Device) -> Result<()> {
         &cfg,
         &a.teacher,
         &a.trajectories,
-        &a.out,
-        a.resume,
+        &a.run.out,
+        a.run.resume,
         device,
         true,
     )?;
-    println!(
-        "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
-        s.start_step,
-        s.end_step,
-        s.seconds,
-        s.last_loss,
-        a.out.join("model.safetensors").display()
-    );
-    exit_if_stopped(&s);
+    a.run.report(&s);
     Ok(())
 }

@@ -16,12 +16,8 @@ fn confident_fraction_of_each_model() {
     )
     .unwrap();
     let rate = |x: &Tensor| {
-        let p = cls.net.probabilities(&x.clamp(-1.0, 1.0), 256);
-        p.amax([1i64].as_slice(), false)
-            .gt(0.9)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
+        cls.net
+            .confident_fraction(&x.clamp(-1.0, 1.0), dsno::eval::CONFIDENT, 256)
     };
     let teacher =
         Teacher::load(&root.join("models/mnist-teacher.safetensors"), Device::Cpu).unwrap();

@@ -78,6 +78,10 @@ fn eval_scores_every_method_from_the_same_noise() {
     assert!(row("DDIM @ 1").psnr.unwrap() < row("DDIM @ 8").psnr.unwrap());
     let floor = row("real test images (floor)");
     assert!(floor.fd < row("DDIM @ 1").fd && floor.wall_ms.is_none());
+    // real digits are labelled confidently, one DDIM step's blurred means are not
+    let confident = |n: &str| row(n).confident.unwrap();
+    assert!(confident("real test images (floor)") > 0.9);
+    assert!(confident("DDIM @ 1") < 0.5 * confident("real test images (floor)"));
     for r in &report.rows {
         assert!(r.fd.is_finite() && r.fd >= 0.0, "{}: FD {}", r.method, r.fd);
         assert!((0.0..=1.0).contains(&r.precision) && (0.0..=1.0).contains(&r.recall));
@@ -138,12 +142,9 @@ fn bundled_classifiers_meet_their_accuracy_and_label_one_step_samples() {
             .collect::<Vec<_>>(),
         0,
     );
-    let p = cls.net.probabilities(&samples.clamp(-1.0, 1.0), 64);
-    let confident = p
-        .amax([1i64].as_slice(), false)
-        .gt(0.9)
-        .to_kind(Kind::Float);
-    let frac = confident.mean(Kind::Float).double_value(&[]);
+    let frac = cls
+        .net
+        .confident_fraction(&samples.clamp(-1.0, 1.0), dsno::eval::CONFIDENT, 64);
     println!(
         "{:.1} % of 256 one-step samples labelled with confidence > 0.9",
         100.0 * frac

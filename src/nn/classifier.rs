@@ -66,6 +66,21 @@ impl Classifier {
         Tensor::cat(&parts, 0)
     }
 
+    /// The fraction of images `[N, 1, 28, 28]` (in [-1, 1]) whose most probable class has
+    /// probability above `threshold`: a sanity measure of how much samples look like some
+    /// class, which neither needs nor replaces the feature statistics.
+    pub fn confident_fraction(&self, x: &Tensor, threshold: f64, batch: i64) -> f64 {
+        if x.size()[0] == 0 {
+            return f64::NAN;
+        }
+        self.probabilities(x, batch)
+            .amax([1i64].as_slice(), false)
+            .gt(threshold)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    }
+
     /// Features in batches, without gradients.
     pub fn features_batched(&self, x: &Tensor, batch: i64) -> Tensor {
         let _g = tch::no_grad_guard();
