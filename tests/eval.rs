@@ -45,6 +45,7 @@ fn eval_scores_every_method_from_the_same_noise() {
         dpm_steps: vec![8],
         kid_subsets: 10,
         kid_subset_size: 40,
+        dpm_grid: dsno::solver::Grid::Default, // the reference's own grid
         progress: false,
         ..Default::default()
     };
