@@ -338,8 +338,16 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         });
         pb.inc(1);
     }
-    let n_floor = (o.count as i64).min(inp.test_images.size()[0]);
-    let floor_images = inp.test_images.narrow(0, 0, n_floor);
+    // evenly spaced over the whole test set: MNIST's test set is ordered (its first 5,000
+    // images come from one NIST source, the last 5,000 from another), so its first n are not a
+    // sample of it
+    let n_test = inp.test_images.size()[0];
+    let n_floor = (o.count as i64).min(n_test);
+    let spaced: Vec<i64> = (0..n_floor).map(|i| i * n_test / n_floor).collect();
+    let floor_images = inp.test_images.index_select(
+        0,
+        &Tensor::from_slice(&spaced).to_device(inp.test_images.device()),
+    );
     let (fd, kid, kid_se, precision, recall) = scorer.score(&feat(&floor_images))?;
     pb.finish_and_clear();
     rows.push(Row {
