@@ -274,27 +274,20 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         &solve(Solver::DpmSolver2M, o.reference_steps, Grid::Default),
     )?;
     methods.push((reference_name.clone(), "reference", reference));
-    for &s in &o.ddim_steps {
-        let name = format!("DDIM @ {s}");
-        let d = draw(
-            &x_t,
-            o.batch,
-            &name,
-            o.progress,
-            &solve(Solver::Ddim, s, o.ddim_grid),
-        )?;
-        methods.push((name, "solver", d));
-    }
-    for &s in &o.dpm_steps {
-        let name = format!("DPM-Solver++(2M) @ {s}");
-        let d = draw(
-            &x_t,
-            o.batch,
-            &name,
-            o.progress,
-            &solve(Solver::DpmSolver2M, s, o.dpm_grid),
-        )?;
-        methods.push((name, "solver", d));
+    for (solver, label, steps, grid) in [
+        (Solver::Ddim, "DDIM", &o.ddim_steps, o.ddim_grid),
+        (
+            Solver::DpmSolver2M,
+            "DPM-Solver++(2M)",
+            &o.dpm_steps,
+            o.dpm_grid,
+        ),
+    ] {
+        for &s in steps {
+            let name = format!("{label} @ {s}");
+            let d = draw(&x_t, o.batch, &name, o.progress, &solve(solver, s, grid))?;
+            methods.push((name, "solver", d));
+        }
     }
     for (label, m) in [("KD @ 1", &inp.kd), ("DSNO @ 1", &inp.dsno)] {
         if let Some((model, name)) = m {
