@@ -25,6 +25,17 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// Trains on the CPU without a progress bar.
+fn fit(
+    cfg: &TeacherConfig,
+    data: Tensor,
+    dir: &Path,
+    resume: bool,
+    init: Option<&Path>,
+) -> dsno::Result<dsno::train::Summary> {
+    train(cfg, data, dir, resume, init, Device::Cpu, false)
+}
+
 fn toy_config(steps: u64) -> TeacherConfig {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/toy2d.toml");
     let mut cfg = TeacherConfig::load(&path).unwrap();
@@ -42,16 +53,7 @@ fn toy_teacher_learns_the_distribution() {
     let cfg = toy_config(500);
     let dir = tempdir("toy-teacher");
     let data = cfg.data.load(None).unwrap();
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &dir,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let teacher = Teacher::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
     let schedule = teacher.schedule();
     let grid = Solver::DpmSolver2M.default_grid(&schedule, 50);
@@ -85,39 +87,12 @@ fn resume_gives_identical_weights() {
     cfg.model.set_dropout(0.1); // dropout draws must also repeat
     let data = cfg.data.load(None).unwrap();
     let straight = tempdir("resume-a");
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &straight,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &straight, false, None).unwrap();
     let split = tempdir("resume-b");
     cfg.train.steps = 20;
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &split,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &split, false, None).unwrap();
     cfg.train.steps = 40;
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &split,
-        true,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &split, true, None).unwrap();
     let a = checkpoint::load(&straight.join("ckpt.safetensors")).unwrap();
     let b = checkpoint::load(&split.join("ckpt.safetensors")).unwrap();
     assert_eq!(a.meta.step, 40);
@@ -158,31 +133,14 @@ fn resume_with_a_different_config_is_refused() {
     cfg.train.checkpoint_every = 5;
     let data = cfg.data.load(None).unwrap();
     let dir = tempdir("resume-mismatch");
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &dir,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut other = cfg.clone();
     other.train.lr *= 2.0;
     other.train.steps = 10;
-    let e = train(
-        &other,
-        data.shallow_clone(),
-        &dir,
-        true,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = fit(&other, data.shallow_clone(), &dir, true, None)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("different configuration") && e.contains("ckpt.safetensors"),
         "{e}"
@@ -193,16 +151,7 @@ fn resume_with_a_different_config_is_refused() {
         ..Default::default()
     });
     other.train.steps = 10;
-    assert!(train(
-        &other,
-        data.shallow_clone(),
-        &dir,
-        true,
-        None,
-        Device::Cpu,
-        false
-    )
-    .is_err());
+    assert!(fit(&other, data.shallow_clone(), &dir, true, None).is_err());
     assert_eq!(
         std::fs::read(dir.join("ckpt.safetensors")).unwrap(),
         before,
@@ -218,23 +167,12 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     cfg.train.checkpoint_every = 4;
     let data = cfg.data.load(None).unwrap();
     let dir = tempdir("nan");
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &dir,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut bad = data.copy();
     let _ = bad.fill_(f64::NAN);
     cfg.train.steps = 8;
-    let e = train(&cfg, bad, &dir, true, None, Device::Cpu, false)
-        .unwrap_err()
-        .to_string();
+    let e = fit(&cfg, bad, &dir, true, None).unwrap_err().to_string();
     assert!(
         e.contains("loss is NaN at step 4") && e.contains("ckpt.safetensors"),
         "{e}"
@@ -256,16 +194,7 @@ fn a_checkpoint_missing_a_key_is_a_clear_error() {
     let mut cfg = toy_config(2);
     cfg.train.checkpoint_every = 2;
     let dir = tempdir("missing-key");
-    train(
-        &cfg,
-        cfg.data.load(None).unwrap(),
-        &dir,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, cfg.data.load(None).unwrap(), &dir, false, None).unwrap();
     let path = dir.join("model.safetensors");
     let ck = checkpoint::load(&path).unwrap();
     let kept: Vec<(String, Tensor)> = ck
@@ -363,16 +292,7 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
     cfg.train.lr = 1e-2; // moves the weights well away from their initial values
     let data = cfg.data.load(None).unwrap();
     let first = tempdir("init-first");
-    train(
-        &cfg,
-        data.shallow_clone(),
-        &first,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&cfg, data.shallow_clone(), &first, false, None).unwrap();
     let trained = first.join("model.safetensors");
     let weights = |p: &Path| {
         checkpoint::load(p)
@@ -387,27 +307,16 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
     frozen.train.steps = 2;
     frozen.train.checkpoint_every = 2;
     let second = tempdir("init-second");
-    train(
+    fit(
         &frozen,
         data.shallow_clone(),
         &second,
         false,
         Some(&trained),
-        Device::Cpu,
-        false,
     )
     .unwrap();
     let third = tempdir("init-none");
-    train(
-        &frozen,
-        data.shallow_clone(),
-        &third,
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    fit(&frozen, data.shallow_clone(), &third, false, None).unwrap();
     let (a, b, fresh) = (
         weights(&trained),
         weights(&second.join("model.safetensors")),
@@ -440,14 +349,12 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
         hidden: 64,
         ..Default::default()
     });
-    let e = train(
+    let e = fit(
         &other,
         data.shallow_clone(),
         &tempdir("init-bad"),
         false,
         Some(&trained),
-        Device::Cpu,
-        false,
     )
     .unwrap_err()
     .to_string();
