@@ -170,7 +170,7 @@ pub fn pytorch_reference(
         device,
     } = spec;
     let ModelConfig::Unet(cfg) = model else {
-        return Err(Error::invalid("--vs-pytorch compares the U-Net only"));
+        return Err(Error::invalid("the PyTorch reference has the U-Net only"));
     };
     let dev = match device {
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -214,4 +214,43 @@ pub fn pytorch_reference(
         .unwrap_or("");
     serde_json::from_str(line)
         .map_err(|e| Error::file(script, format!("unreadable output ({e}): {text}")))
+}
+
+/// The timings as a Markdown table.
+pub fn table(rows: &[Timing]) -> String {
+    let mut t = String::from("| model | forward ms | train step ms | images/s forward | images/s train | GFLOP/s forward | GFLOP/s train |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        t += &r.row();
+        t.push('\n');
+    }
+    t
+}
+
+/// Our timings against the PyTorch reference's ([`pytorch_reference`]) as a Markdown table of
+/// ratios: the U-Net, and the fastest operator row against PyTorch's operator.
+pub fn comparison_table(rows: &[Timing], py: &serde_json::Value) -> String {
+    let get = |k: &str| py.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut t = format!(
+        "PyTorch {} reference ({} threads), same batch, in this run:\n",
+        py["torch"].as_str().unwrap_or("?"),
+        py["threads"]
+    );
+    t += "| model | PyTorch forward ms | PyTorch train ms | ratio forward (ours / PyTorch) | ratio train |\n|---|---|---|---|---|\n";
+    let best_op = rows
+        .iter()
+        .skip(1)
+        .min_by(|x, y| x.forward_ms.total_cmp(&y.forward_ms));
+    let pairs = rows.first().map(|r| (r, "unet")).into_iter().chain(best_op.map(|r| (r, "operator")));
+    for (r, key) in pairs {
+        let (f, tr) = (get(&format!("{key}_forward_ms")), get(&format!("{key}_train_ms")));
+        t += &format!(
+            "| {} | {:.1} | {:.1} | {:.3} | {:.3} |\n",
+            r.name,
+            f,
+            tr,
+            r.forward_ms / f,
+            r.train_ms / tr
+        );
+    }
+    t
 }

@@ -6,7 +6,7 @@
 //! Tensor names: the model's own variable names hold the weights to sample with (the EMA);
 //! training checkpoints add `train/params/<name>`, `train/adam_m/<name>`, `train/adam_v/<name>`.
 //! Writes are atomic (temporary name, then rename).
-use crate::fsio::write_atomic;
+use crate::util::fsio::write_atomic;
 use crate::nn::ModelConfig;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -157,7 +157,8 @@ pub(crate) fn write_safetensors(
         .iter()
         .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), Some(info))
+    let info = (!info.is_empty()).then_some(info);
+    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), info)
         .map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }
@@ -178,10 +179,48 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         .as_ref()
         .and_then(|m| m.get("dsno"))
         .ok_or_else(|| Error::file(path, "no dsno metadata: not a dsno checkpoint"))?;
-    let meta: CheckpointMeta = serde_json::from_str(json)
-        .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))?;
+    let meta = parse_meta(json, path)?;
     let tensors = read_tensors(bytes, path)?;
     Ok(Checkpoint { meta, tensors })
+}
+
+/// Reads a checkpoint's metadata from the safetensors header alone (8-byte length, then the
+/// JSON header), without reading or decoding the tensors.
+pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
+    use std::io::Read;
+    let bad = |msg: String| Error::file(path, msg);
+    let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| bad(format!("cannot read checkpoint: {e}")))?
+        .len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("not a safetensors checkpoint (shorter than its 8-byte header length)".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER || n + 8 > len {
+        return Err(bad(format!(
+            "not a safetensors checkpoint (header length {n} for a file of {len} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read checkpoint header: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors checkpoint (header: {e})")))?;
+    let json = v
+        .get("__metadata__")
+        .and_then(|m| m.get("dsno"))
+        .and_then(|m| m.as_str())
+        .ok_or_else(|| bad("no dsno metadata: not a dsno checkpoint".into()))?;
+    parse_meta(json, path)
+}
+
+/// The largest safetensors header read (the safetensors crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+fn parse_meta(json: &str, path: &Path) -> Result<CheckpointMeta> {
+    serde_json::from_str(json).map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))
 }
 
 /// Every tensor of a safetensors file held in memory (CPU, stored kind); `path` names it in
@@ -197,7 +236,26 @@ pub(crate) fn read_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String,
     Ok(tensors)
 }
 
+/// The prefix of the training state (raw parameters and Adam moments) in a training checkpoint.
+pub const TRAIN_PREFIX: &str = "train/";
+
 impl Checkpoint {
+    /// Writes the model alone to `path`: its weights (the EMA) and metadata without the training
+    /// state, floating tensors stored as `store` if given (e.g. float16 for bundled models).
+    /// Returns the number of tensors written.
+    pub fn export(&self, path: &Path, store: Option<Kind>) -> Result<usize> {
+        let tensors: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with(TRAIN_PREFIX))
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect();
+        let mut meta = self.meta.clone();
+        meta.train = None;
+        save(path, &meta, &tensors, store)?;
+        Ok(tensors.len())
+    }
+
     /// Copies the tensors named `prefix + name` into every variable `name` of `vs`; a missing
     /// key or a shape mismatch is an error naming the file and the key.
     pub fn load_into(&self, vs: &nn::VarStore, prefix: &str, path: &Path) -> Result<()> {
@@ -289,4 +347,46 @@ pub fn file_hash(path: &Path) -> Result<String> {
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
     Ok(format!("{h:016x}"))
+}
+
+/// Writes plain tensors (e.g. raw samples) as a safetensors file without metadata, atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_safetensors(path, tensors, None, HashMap::new())
+}
+
+/// What a saved feature classifier was trained on and how well it does (safetensors metadata
+/// key `dsno-classifier`, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierInfo {
+    /// The data set (`mnist`, `fashion-mnist`, …).
+    pub dataset: String,
+    /// Accuracy on the data set's test split.
+    pub test_accuracy: f64,
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+}
+
+/// The metadata key of a classifier file.
+pub const CLASSIFIER_KEY: &str = "dsno-classifier";
+
+/// Writes a classifier's tensors (float32) with `info`, atomically.
+pub fn save_classifier(path: &Path, tensors: &[(String, Tensor)], info: &ClassifierInfo) -> Result<()> {
+    let json = serde_json::to_string(info).map_err(|e| Error::invalid(e.to_string()))?;
+    let meta = HashMap::from([(CLASSIFIER_KEY.to_string(), json)]);
+    write_safetensors(path, tensors, Some(Kind::Float), meta)
+}
+
+/// The description of a classifier file held in memory; `path` names it in errors.
+pub fn classifier_info(bytes: &[u8], path: &Path) -> Result<ClassifierInfo> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors file ({e})")))?;
+    let json = md
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CLASSIFIER_KEY))
+        .ok_or_else(|| Error::file(path, "no dsno-classifier metadata: not a feature classifier"))?;
+    serde_json::from_str(json)
+        .map_err(|e| Error::file(path, format!("unreadable classifier metadata: {e}")))
 }

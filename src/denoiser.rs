@@ -165,6 +165,16 @@ impl MixtureDenoiser {
     }
 
     /// Dimension D of the data.
+    /// The same mixture with its tensors on `device`.
+    pub fn to_device(&self, device: tch::Device) -> Self {
+        MixtureDenoiser {
+            means: self.means.to_device(device),
+            stds: self.stds.to_device(device),
+            weights: self.weights.to_device(device),
+            schedule: self.schedule,
+        }
+    }
+
     pub fn dim(&self) -> i64 {
         self.means.size()[1]
     }

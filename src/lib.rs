@@ -11,25 +11,27 @@
 //!    DPM-Solver++(2M)) that record the teacher's trajectory at the requested output times.
 //! 4. The operator maps x_T to the whole trajectory in one pass; its last output is the sample.
 //!
-//! Tensors are libtorch's, through `tch`; see `docs/` for the design and the method.
+//! Tensors are libtorch's, through `tch`. The layering of the modules is in
+//! `docs/ARCHITECTURE.md`; the method in `docs/METHOD.md`; file formats in `docs/FORMATS.md`.
 
-pub mod bench;
-pub mod checkpoint;
-pub mod data;
-pub mod denoiser;
-pub mod device;
+// The modules from the bottom layer up; a module uses only modules above it in this list
+// (docs/ARCHITECTURE.md, checked by tests/architecture.rs).
 pub mod error;
-pub mod eval;
-pub mod fsio;
-pub mod image;
-pub mod metrics;
-pub mod model;
-pub mod nn;
-pub mod operator;
-pub mod plot;
+pub mod util;
+pub mod device;
 pub mod rng;
 pub mod schedule;
+pub mod denoiser;
 pub mod solver;
+pub mod metrics;
+pub mod nn;
+pub mod operator;
+pub mod sampling;
+pub mod checkpoint;
+pub mod data;
+pub mod model;
 pub mod train;
+pub mod eval;
+pub mod bench;
 
 pub use error::{Error, Result};

@@ -1,8 +1,11 @@
-//! Loading trained models from checkpoints: a [`Teacher`] is a [`Denoiser`]; an operator
-//! (DSNO) or a KD student maps noise to samples in one pass.
-use crate::checkpoint::{self, CheckpointMeta, ModelKind};
+//! Loading trained models from checkpoints: a [`Teacher`] is a [`Denoiser`]; a [`OneStep`]
+//! (DSNO operator or KD student) maps noise to samples in one pass; [`load_classifier`] reads
+//! the metrics' feature classifier.
+use crate::checkpoint::{self, CheckpointMeta, ClassifierInfo, ModelKind};
 use crate::denoiser::Denoiser;
+use crate::nn::classifier::Classifier;
 use crate::nn::Backbone;
+use crate::operator::{Generator, Method, OperatorConfig};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 use std::path::Path;
@@ -59,16 +62,11 @@ impl Denoiser for Teacher {
     }
 }
 
-/// A one-step generator: a DSNO operator or a KD student.
+/// A trained one-step generator (DSNO or KD) with its metadata.
 pub struct OneStep {
     pub vs: nn::VarStore,
     pub meta: CheckpointMeta,
-    net: OneStepNet,
-}
-
-enum OneStepNet {
-    Dsno(crate::operator::Operator),
-    Kd(Box<dyn Backbone>),
+    pub net: Generator,
 }
 
 impl OneStep {
@@ -83,22 +81,37 @@ impl OneStep {
         path: &Path,
         device: Device,
     ) -> Result<Self> {
-        let mut vs = nn::VarStore::new(device);
-        let net = match ck.meta.kind {
-            ModelKind::Dsno => {
-                let times = ck.meta.times.clone().ok_or_else(|| Error::file(path, "DSNO checkpoint without output times"))?;
-                let modes = ck.meta.modes.ok_or_else(|| Error::file(path, "DSNO checkpoint without TimeConv modes"))?;
-                let cfg = crate::operator::OperatorConfig { backbone: ck.meta.model.clone(), times, modes };
-                OneStepNet::Dsno(crate::operator::Operator::new(&vs.root(), &cfg, ck.meta.schedule)?)
-            }
-            ModelKind::Kd => OneStepNet::Kd(ck.meta.model.build(&vs.root())?),
+        let method = match ck.meta.kind {
+            ModelKind::Dsno => Method::Dsno,
+            ModelKind::Kd => Method::Kd,
             ModelKind::Teacher => {
                 return Err(Error::file(
                     path,
-                    "this is a teacher (a diffusion model), not a one-step generator: sample it with --solver ddim|euler|heun|dpmpp2m and --steps N",
+                    "this is a teacher (a diffusion model), not a one-step generator: it samples with an ODE solver",
                 ))
             }
         };
+        let times = match (&ck.meta.times, method) {
+            (Some(t), _) => t.clone(),
+            (None, Method::Kd) => vec![0.0],
+            (None, Method::Dsno) => {
+                return Err(Error::file(path, "DSNO checkpoint without output times"))
+            }
+        };
+        let modes = match (ck.meta.modes, method) {
+            (Some(m), _) => m,
+            (None, Method::Kd) => 0,
+            (None, Method::Dsno) => {
+                return Err(Error::file(path, "DSNO checkpoint without TimeConv modes"))
+            }
+        };
+        let cfg = OperatorConfig {
+            backbone: ck.meta.model.clone(),
+            times,
+            modes,
+        };
+        let mut vs = nn::VarStore::new(device);
+        let net = Generator::new(&vs.root(), method, &cfg, ck.meta.schedule)?;
         ck.load_into(&vs, "", path)?;
         vs.freeze();
         Ok(OneStep {
@@ -114,33 +127,13 @@ impl OneStep {
 
     /// Number of outputs per sample (M for DSNO, 1 for KD).
     pub fn slots(&self) -> i64 {
-        match &self.net {
-            OneStepNet::Dsno(op) => op.slots(),
-            OneStepNet::Kd(_) => 1,
-        }
+        self.net.slots()
     }
 
     /// All outputs `[B, M, …]` for noise `x_t` `[B, …]` (KD: M = 1), in one forward pass.
     pub fn trajectory(&self, x_t: &Tensor) -> Tensor {
         let _g = tch::no_grad_guard();
-        let x = x_t.to_kind(Kind::Float);
-        match &self.net {
-            OneStepNet::Dsno(op) => op.forward(&x, false),
-            OneStepNet::Kd(net) => {
-                let t0 = *self
-                    .meta
-                    .times
-                    .as_ref()
-                    .and_then(|t| t.last())
-                    .unwrap_or(&0.0);
-                let t = Tensor::full(
-                    [x.size()[0]],
-                    self.meta.schedule.t_input(t0),
-                    (Kind::Float, x.device()),
-                );
-                net.forward_t(&x, &t, false).unsqueeze(1)
-            }
-        }
+        self.net.forward(&x_t.to_kind(Kind::Float), false)
     }
 
     /// The samples `[B, …]`: the last output.
@@ -149,7 +142,45 @@ impl OneStep {
     }
 }
 
-/// Reads a checkpoint's metadata only (to dispatch on its kind).
+/// Reads a checkpoint's metadata only: the safetensors header, not the tensors (to dispatch on
+/// its kind).
 pub fn peek(path: &Path) -> Result<CheckpointMeta> {
-    Ok(checkpoint::load(path)?.meta)
+    checkpoint::read_meta(path)
+}
+
+/// A feature classifier loaded from a file written by `train::classifier::save`, with its
+/// variables and description.
+pub struct LoadedClassifier {
+    pub vs: nn::VarStore,
+    pub net: Classifier,
+    pub info: ClassifierInfo,
+}
+
+/// Loads a feature classifier onto `device`.
+pub fn load_classifier(path: &Path, device: Device) -> Result<LoadedClassifier> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::file(path, format!("cannot read classifier: {e}")))?;
+    load_classifier_bytes(&bytes, path, device)
+}
+
+/// Loads a feature classifier held in memory; `path` names it in errors.
+pub fn load_classifier_bytes(bytes: &[u8], path: &Path, device: Device) -> Result<LoadedClassifier> {
+    let info = checkpoint::classifier_info(bytes, path)?;
+    let tensors = checkpoint::read_tensors(bytes, path)?;
+    let mut vs = nn::VarStore::new(device);
+    let net = Classifier::new(&vs.root());
+    checkpoint::copy_into(&tensors, &vs, "", path, |_| true)?;
+    vs.freeze();
+    Ok(LoadedClassifier { vs, net, info })
+}
+
+/// The bundled feature classifier of a data set (`mnist`, `fashion-mnist`), built into the
+/// library; `models/<name>-classifier.safetensors` in the repository, made by
+/// `dsno train-classifier`.
+pub fn bundled_classifier(dataset: &str) -> Option<&'static [u8]> {
+    match dataset {
+        "mnist" => Some(include_bytes!("../models/mnist-classifier.safetensors")),
+        "fashion-mnist" => Some(include_bytes!("../models/fashion-mnist-classifier.safetensors")),
+        _ => None,
+    }
 }

@@ -1,5 +1,6 @@
-//! The DSNO operator (METHOD.md §3): the teacher's backbone with a TimeConv after every
-//! non-resampling block, run on M time slots at once.
+//! The DSNO operator (docs/METHOD.md): the teacher's backbone with a TimeConv after every
+//! non-resampling block, run on M time slots at once, and [`Generator`], the one-step
+//! generator type shared by DSNO and the knowledge-distillation (KD) baseline.
 //!
 //! `h0 = stem(x_T)` is repeated M times into the `[B·M, …]` batch (b-major); slot m gets the
 //! time embedding of its output time t_m; after each hooked block the features are viewed as
@@ -13,6 +14,7 @@ use crate::nn::{Backbone, ModelConfig};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use tch::{nn, Kind, Tensor};
 
 /// What an operator is, beyond its backbone.
@@ -160,5 +162,85 @@ impl Operator {
             .backbone
             .body(self.backbone.stem(&x), &emb, false, &mut hook);
         out
+    }
+}
+
+/// Which one-step generator: the DSNO operator or the KD baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The operator: x_T → the teacher's x̂ at all M output times (Zheng et al. 2023).
+    #[default]
+    Dsno,
+    /// Knowledge distillation (Luhman & Luhman 2021): the bare backbone at the last output time,
+    /// x_T → the sample.
+    Kd,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Dsno => "DSNO",
+            Method::Kd => "KD",
+        })
+    }
+}
+
+/// A one-step generator: noise x_T `[B, …]` → outputs `[B, M', …]` in one forward pass, the last
+/// of which is the sample (DSNO: M' = M output times; KD: M' = 1).
+pub enum Generator {
+    Dsno(Operator),
+    Kd {
+        backbone: Box<dyn Backbone>,
+        /// The network time input of the last output time.
+        t_in: f64,
+    },
+}
+
+impl Generator {
+    /// Creates the variables of a `method` generator under `p`: the backbone at `p` (named as
+    /// the teacher's, so a teacher checkpoint initialises it) and, for DSNO, the TimeConv
+    /// layers of [`Operator::new`].
+    pub fn new(p: &nn::Path, method: Method, cfg: &OperatorConfig, schedule: Schedule) -> Result<Self> {
+        Ok(match method {
+            Method::Dsno => Generator::Dsno(Operator::new(p, cfg, schedule)?),
+            Method::Kd => {
+                let t0 = *cfg
+                    .times
+                    .last()
+                    .ok_or_else(|| Error::invalid("generator: no output times"))?;
+                Generator::Kd {
+                    backbone: cfg.backbone.build(p)?,
+                    t_in: schedule.t_input(t0),
+                }
+            }
+        })
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            Generator::Dsno(_) => Method::Dsno,
+            Generator::Kd { .. } => Method::Kd,
+        }
+    }
+
+    /// Outputs per sample (M for DSNO, 1 for KD).
+    pub fn slots(&self) -> i64 {
+        match self {
+            Generator::Dsno(op) => op.slots(),
+            Generator::Kd { .. } => 1,
+        }
+    }
+
+    /// All outputs `[B, M', …]` of float noise `x_t` `[B, …]`.
+    pub fn forward(&self, x_t: &Tensor, train: bool) -> Tensor {
+        match self {
+            Generator::Dsno(op) => op.forward(x_t, train),
+            Generator::Kd { backbone, t_in } => {
+                let t = Tensor::full([x_t.size()[0]], *t_in, (Kind::Float, x_t.device()));
+                backbone.forward_t(x_t, &t, train).unsqueeze(1)
+            }
+        }
     }
 }

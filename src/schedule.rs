@@ -30,6 +30,18 @@ pub enum Schedule {
     },
 }
 
+/// The schedules with their default parameters, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Preset {
+    /// VP, cosine log-SNR in [−20, 20] (the DSNO teacher's).
+    VpCosine,
+    /// VP, linear β (DDPM), continuous.
+    VpLinear,
+    /// EDM (Karras et al. 2022), σ in [0.002, 80].
+    Edm,
+}
+
 impl Default for Schedule {
     /// The DSNO teacher's schedule: cosine log-SNR with λ ∈ [−20, 20].
     fn default() -> Self {
@@ -67,6 +79,15 @@ impl Schedule {
             sigma_min: 0.002,
             sigma_max: 80.0,
             rho: 7.0,
+        }
+    }
+
+    /// The schedule of a preset.
+    pub fn preset(p: Preset) -> Self {
+        match p {
+            Preset::VpCosine => Self::vp_cosine(),
+            Preset::VpLinear => Self::vp_linear(),
+            Preset::Edm => Self::edm(),
         }
     }
 

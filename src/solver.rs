@@ -25,6 +25,7 @@ use tch::{Kind, Tensor};
 
 /// The ODE solvers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
     /// DDIM (Song et al. 2021), first order: the exponential integrator for x-prediction.
@@ -36,6 +37,7 @@ pub enum Solver {
     Heun,
     /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), second-order multistep in log-SNR.
     #[serde(rename = "dpmpp2m")]
+    #[cfg_attr(feature = "cli", value(name = "dpmpp2m", alias = "dpm-solver++"))]
     DpmSolver2M,
 }
 
@@ -68,6 +70,16 @@ impl Solver {
             Solver::Euler => "euler",
             Solver::Heun => "heun",
             Solver::DpmSolver2M => "dpmpp2m",
+        }
+    }
+
+    /// The name in reports: `DDIM`, `Euler`, `Heun`, `DPM-Solver++(2M)`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Solver::Ddim => "DDIM",
+            Solver::Euler => "Euler",
+            Solver::Heun => "Heun",
+            Solver::DpmSolver2M => "DPM-Solver++(2M)",
         }
     }
 
@@ -115,6 +127,7 @@ impl Solver {
 /// Step-grid spacings from `t_max` to the schedule's smallest finite time
 /// ([`Schedule::t_min_finite`]), for choosing a solver's grid by hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Grid {
     /// The solver's recommended grid ([`Solver::default_grid`]).
     Default,
@@ -123,6 +136,7 @@ pub enum Grid {
     /// Quadratic in t, dense at the data end (DPM-Solver's "time_quadratic").
     Quadratic,
     /// Uniform in log-SNR λ (DPM-Solver's "logSNR").
+    #[cfg_attr(feature = "cli", value(name = "logsnr"))]
     LogSnr,
 }
 

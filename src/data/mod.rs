@@ -1,8 +1,8 @@
-//! Data: MNIST / Fashion-MNIST IDX files ([`idx`]), 2-D toy distributions ([`toy2d`]), and
-//! seeded, stateless batching ([`Batches`]).
+//! Data: MNIST / Fashion-MNIST IDX files ([`idx`]), 2-D toy distributions ([`toy2d`]), the
+//! trajectory store's format ([`store`]), and seeded, stateless batching ([`Batches`]).
 pub mod idx;
 pub mod toy2d;
-pub mod trajectories;
+pub mod store;
 
 use crate::rng::Rng;
 use tch::{Kind, Tensor};

@@ -6,25 +6,18 @@
 //! - KD (Luhman & Luhman 2021): the same backbone without TimeConv, one output at t = 0,
 //!   regressing the final target only — same data, same budget, same initialisation, so the
 //!   comparison isolates what the trajectory and the temporal layers buy.
-use super::{Run, RunFiles, StepLoss, Summary, TrainConfig};
+use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
-use crate::data::trajectories::{load_store, Store};
+use crate::data::store::{load_store, Store};
 use crate::data::Batches;
 use crate::model::Teacher;
-use crate::operator::{Operator, OperatorConfig};
+pub use crate::operator::Method;
+use crate::operator::{Generator, OperatorConfig};
+use crate::schedule::Schedule;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
-
-/// DSNO or the KD baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    #[default]
-    Dsno,
-    Kd,
-}
 
 /// The per-element regression loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -125,40 +118,139 @@ pub fn check_store(
     Ok(())
 }
 
-/// The student: an operator, or a bare backbone for KD.
-enum Student {
-    Dsno(Operator),
-    Kd(Box<dyn crate::nn::Backbone>),
+/// The distillation objective: per-time regression losses `[B, M']`, weighted by `w_m` and
+/// averaged over the M' outputs the method trains (DSNO: all M; KD: the last).
+struct Objective {
+    loss: Regression,
+    method: Method,
+    /// `w_m` `[M']` on the device.
+    weights: Tensor,
+    /// M, the store's output times.
+    times: i64,
 }
 
-/// Distils `teacher` (loaded from `teacher_path`) on the store in `store_dir` into `out`.
+impl Objective {
+    fn new(cfg: &DistillConfig, schedule: &Schedule, times: &[f64], device: Device) -> Self {
+        let lambdas: Vec<f64> = times.iter().map(|&t| schedule.lambda(t)).collect();
+        let weights = match cfg.method {
+            Method::Dsno => Tensor::from_slice(
+                &time_weights(&lambdas)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect::<Vec<_>>(),
+            )
+            .to_device(device),
+            Method::Kd => Tensor::ones([1], (Kind::Float, device)),
+        };
+        Objective {
+            loss: cfg.loss,
+            method: cfg.method,
+            weights,
+            times: times.len() as i64,
+        }
+    }
+
+    /// The targets the method trains on: all of `y` `[B, M, …]` (DSNO) or its last time (KD).
+    fn targets(&self, y: &Tensor) -> Tensor {
+        match self.method {
+            Method::Dsno => y.shallow_clone(),
+            Method::Kd => y.narrow(1, self.times - 1, 1),
+        }
+    }
+
+    /// Per-time mean losses `[B, M']` of `pred` against the store's targets `y`.
+    fn per_time(&self, pred: &Tensor, y: &Tensor) -> Tensor {
+        let d = pred - self.targets(y);
+        let e = match self.loss {
+            Regression::L2 => d.square(),
+            Regression::L1 => d.abs(),
+        };
+        let dims: Vec<i64> = (2..e.dim() as i64).collect();
+        e.mean_dim(dims.as_slice(), false, Kind::Float)
+    }
+
+    /// The weighted loss of a batch.
+    fn total(&self, per_time: &Tensor) -> Tensor {
+        (per_time * self.weights.unsqueeze(0))
+            .mean_dim(1, false, Kind::Float)
+            .mean(Kind::Float)
+    }
+
+    /// The weighted loss summed over a batch (for the validation mean).
+    fn sum(&self, per_time: &Tensor) -> f64 {
+        (per_time * self.weights.unsqueeze(0))
+            .sum(Kind::Double)
+            .double_value(&[])
+            / self.weights.size()[0] as f64
+    }
+
+    /// Log columns: the loss at each trained output time.
+    fn columns(&self, times: &[f64]) -> Vec<String> {
+        match self.method {
+            Method::Dsno => times.iter().map(|t| format!("loss_t{t}")).collect(),
+            Method::Kd => vec![format!("loss_t{}", times[times.len() - 1])],
+        }
+    }
+}
+
+/// The training and validation trajectories on the device: x_T `[K, …]`, targets `[K, M, …]`.
+struct Split {
+    x_train: Tensor,
+    y_train: Tensor,
+    x_val: Tensor,
+    y_val: Tensor,
+}
+
+impl Split {
+    fn new(store: &Store, validation: usize, device: Device) -> Result<Self> {
+        let k = store.manifest.count;
+        if validation >= k {
+            return Err(Error::invalid(format!(
+                "validation {validation} leaves no training trajectories out of {k}"
+            )));
+        }
+        let n = (k - validation) as i64;
+        let x = store.x_t.to_device(device);
+        let y = store.targets.to_device(device);
+        Ok(Split {
+            x_train: x.narrow(0, 0, n),
+            y_train: y.narrow(0, 0, n),
+            x_val: x.narrow(0, n, validation as i64),
+            y_val: y.narrow(0, n, validation as i64),
+        })
+    }
+
+    /// The mean weighted validation loss (NaN without validation data).
+    fn validate(&self, net: &Generator, obj: &Objective, batch: usize) -> f64 {
+        let nv = self.x_val.size()[0];
+        if nv == 0 {
+            return f64::NAN;
+        }
+        let _g = tch::no_grad_guard();
+        let vb = batch.max(1) as i64;
+        let mut total = 0.0;
+        for i in (0..nv).step_by(vb as usize) {
+            let n = vb.min(nv - i);
+            let pred = net.forward(&self.x_val.narrow(0, i, n), false);
+            total += obj.sum(&obj.per_time(&pred, &self.y_val.narrow(0, i, n)));
+        }
+        total / nv as f64
+    }
+}
+
+/// Distils the teacher at `teacher_path` on the store in `store_dir` into `run.out`.
 pub fn distill(
     cfg: &DistillConfig,
     teacher_path: &Path,
     store_dir: &Path,
-    out: &Path,
-    resume: bool,
-    device: Device,
-    progress: bool,
+    run: &RunOptions,
 ) -> Result<Summary> {
+    let device = run.device;
     let teacher = Teacher::load(teacher_path, Device::Cpu)?;
     let store = load_store(store_dir)?;
-    check_store(
-        &store,
-        store_dir,
-        &teacher,
-        teacher_path,
-        cfg.times.as_deref(),
-    )?;
+    check_store(&store, store_dir, &teacher, teacher_path, cfg.times.as_deref())?;
     let m = &store.manifest;
-    let k = m.count;
-    if cfg.validation >= k {
-        return Err(Error::invalid(format!(
-            "validation {} leaves no training trajectories out of {k}",
-            cfg.validation
-        )));
-    }
-    let n_train = (k - cfg.validation) as i64;
+    let data = Split::new(&store, cfg.validation, device)?;
     let schedule = teacher.schedule();
     let mut model = teacher.meta.model.clone();
     if let Some(p) = cfg.dropout {
@@ -166,89 +258,19 @@ pub fn distill(
     }
     let vs = nn::VarStore::new(device);
     tch::manual_seed(super::step_seed(cfg.train.seed, u64::MAX));
-    let student = match cfg.method {
-        Method::Dsno => {
-            let oc = OperatorConfig {
-                backbone: model.clone(),
-                times: m.times.clone(),
-                modes: cfg.modes,
-            };
-            Student::Dsno(Operator::new(&vs.root(), &oc, schedule)?)
-        }
-        Method::Kd => Student::Kd(model.build(&vs.root())?),
+    let oc = OperatorConfig {
+        backbone: model.clone(),
+        times: m.times.clone(),
+        modes: cfg.modes,
     };
+    let student = Generator::new(&vs.root(), cfg.method, &oc, schedule)?;
     // initialise the backbone from the teacher; TimeConv layers stay as initialised
     let ck = checkpoint::load(teacher_path)?;
     ck.load_into_filtered(&vs, "", teacher_path, |n| !n.starts_with("timeconv."))?;
 
-    let mt = m.times.len() as i64;
-    let lambdas: Vec<f64> = m.times.iter().map(|&t| schedule.lambda(t)).collect();
-    let w = Tensor::from_slice(
-        &time_weights(&lambdas)
-            .iter()
-            .map(|&x| x as f32)
-            .collect::<Vec<_>>(),
-    )
-    .to_device(device);
-    let x_all = store.x_t.to_device(device);
-    let y_all = store.targets.to_device(device);
-    let (x_train, y_train) = (x_all.narrow(0, 0, n_train), y_all.narrow(0, 0, n_train));
-    let (x_val, y_val) = (
-        x_all.narrow(0, n_train, k as i64 - n_train),
-        y_all.narrow(0, n_train, k as i64 - n_train),
-    );
-    let idx = Tensor::arange(n_train, (Kind::Int64, device));
+    let obj = Objective::new(cfg, &schedule, &m.times, device);
+    let idx = Tensor::arange(data.x_train.size()[0], (Kind::Int64, device));
     let batches = Batches::new(idx, cfg.train.batch_size, cfg.train.seed)?;
-    let t0_in = schedule.t_input(*m.times.last().expect("times"));
-
-    // per-time losses [B, M] → (weighted total, per-time means)
-    let per_time = |pred: &Tensor, target: &Tensor| -> Tensor {
-        let d = pred - target;
-        let e = match cfg.loss {
-            Regression::L2 => d.square(),
-            Regression::L1 => d.abs(),
-        };
-        let dims: Vec<i64> = (2..e.dim() as i64).collect();
-        e.mean_dim(dims.as_slice(), false, Kind::Float)
-    };
-    let forward = |x: &Tensor, train: bool| -> Tensor {
-        match &student {
-            Student::Dsno(op) => op.forward(x, train),
-            Student::Kd(net) => {
-                let t = Tensor::full([x.size()[0]], t0_in, (Kind::Float, x.device()));
-                net.forward_t(x, &t, train).unsqueeze(1)
-            }
-        }
-    };
-    let targets_for = |y: &Tensor| -> Tensor {
-        match cfg.method {
-            Method::Dsno => y.shallow_clone(),
-            Method::Kd => y.narrow(1, mt - 1, 1),
-        }
-    };
-    let weights = match cfg.method {
-        Method::Dsno => w.shallow_clone(),
-        Method::Kd => Tensor::ones([1], (Kind::Float, device)),
-    };
-    let validate = || -> f64 {
-        if cfg.validation == 0 {
-            return f64::NAN;
-        }
-        let _g = tch::no_grad_guard();
-        let mut total = 0.0;
-        let vb = cfg.train.batch_size.max(1) as i64;
-        let nv = x_val.size()[0];
-        let mut i = 0;
-        while i < nv {
-            let n = vb.min(nv - i);
-            let pred = forward(&x_val.narrow(0, i, n), false);
-            let l = per_time(&pred, &targets_for(&y_val.narrow(0, i, n))) * weights.unsqueeze(0);
-            total += l.sum(Kind::Double).double_value(&[]) / weights.size()[0] as f64;
-            i += n;
-        }
-        total / nv as f64
-    };
-
     let meta = CheckpointMeta {
         kind: match cfg.method {
             Method::Dsno => ModelKind::Dsno,
@@ -262,39 +284,25 @@ pub fn distill(
         modes: (cfg.method == Method::Dsno).then_some(cfg.modes),
         train: Some(serde_json::json!({ "distill": cfg, "store": m })),
     };
-    let mut extra_columns: Vec<String> = match cfg.method {
-        Method::Dsno => m.times.iter().map(|t| format!("loss_t{t}")).collect(),
-        Method::Kd => vec![format!("loss_t{}", m.times[m.times.len() - 1])],
-    };
+    let mut extra_columns = obj.columns(&m.times);
     extra_columns.push("val_loss".into());
-    let run = Run {
-        vs: &vs,
-        train: &cfg.train,
-        files: RunFiles {
-            dir: out.to_path_buf(),
-        },
-        meta,
-        extra_columns,
-        samples_per_step: cfg.train.batch_size,
-        progress,
-    };
+    let r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
     let log_every = cfg.train.log_every.max(1);
-    run.run(resume, |step| {
+    r.run(run.resume, |step| {
         let ix = batches.get(step);
-        let (x, y) = (x_train.index_select(0, &ix), y_train.index_select(0, &ix));
-        let pt = per_time(&forward(&x, true), &targets_for(&y)); // [B, M']
-        let loss = (&pt * weights.unsqueeze(0))
-            .mean_dim(1, false, Kind::Float)
-            .mean(Kind::Float);
+        let (x, y) = (data.x_train.index_select(0, &ix), data.y_train.index_select(0, &ix));
+        let pt = obj.per_time(&student.forward(&x, true), &y); // [B, M']
         let mut extra: Vec<f64> =
             Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;
-        extra.push(
-            if (step + 1) % log_every == 0 || step + 1 == cfg.train.steps {
-                validate()
-            } else {
-                f64::NAN
-            },
-        );
-        Ok(StepLoss { loss, extra })
+        let log_now = (step + 1) % log_every == 0 || step + 1 == cfg.train.steps;
+        extra.push(if log_now && cfg.validation > 0 {
+            data.validate(&student, &obj, cfg.train.batch_size)
+        } else {
+            f64::NAN
+        });
+        Ok(StepLoss {
+            loss: obj.total(&pt),
+            extra,
+        })
     })
 }

@@ -1,19 +1,23 @@
-//! Training: the shared loop ([`run`]: seeded steps, Adam with warm-up, clipping, EMA,
-//! checkpoints, exact resume, progress bar and CSV log) and the teacher's objective
-//! ([`teacher`]).
+//! Training and generation: the shared loop ([`Run`]: seeded steps, Adam with warm-up,
+//! clipping, EMA, checkpoints, exact resume, progress bar and CSV log), the teacher's objective
+//! ([`teacher`]), distillation into DSNO or KD ([`distill`]), the trajectory store's
+//! generation ([`trajectories`]) and the metrics' feature classifier ([`classifier`]).
+pub mod classifier;
 pub mod distill;
 pub mod optim;
 pub mod teacher;
+pub mod trajectories;
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta, TRAIN_PREFIX};
 use crate::rng::splitmix64;
+use crate::util::progress;
 use crate::{Error, Result};
 use optim::{learning_rate, Adam};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn, Tensor};
+use tch::{nn, Device, Tensor};
 
 /// Optimisation settings (the `[train]` section of a config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +109,30 @@ impl RunFiles {
     }
 }
 
+/// Where a training run writes, whether it continues, where it computes and whether it draws
+/// a progress bar.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output folder: `ckpt.safetensors` (training state), `model.safetensors` (EMA weights),
+    /// `log.csv`.
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+    pub device: Device,
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            out: PathBuf::from("runs/run"),
+            resume: false,
+            device: Device::Cpu,
+            progress: false,
+        }
+    }
+}
+
 /// What one step's objective returns: the loss to minimise and extra columns for the log.
 pub struct StepLoss {
     pub loss: Tensor,
@@ -138,7 +166,28 @@ pub struct Summary {
     pub stopped: bool,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A run over `vs` with the optimisation settings `train`, writing where `opts` says.
+    pub fn new(
+        vs: &'a nn::VarStore,
+        train: &'a TrainConfig,
+        opts: &RunOptions,
+        meta: CheckpointMeta,
+        extra_columns: Vec<String>,
+    ) -> Self {
+        Run {
+            vs,
+            train,
+            files: RunFiles {
+                dir: opts.out.clone(),
+            },
+            meta,
+            extra_columns,
+            samples_per_step: train.batch_size,
+            progress: opts.progress,
+        }
+    }
+
     fn params(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self
             .vs
@@ -162,9 +211,9 @@ impl Run<'_> {
         );
         for (i, (name, p)) in adam.params.iter().enumerate() {
             model.push((name.clone(), ema[i].shallow_clone()));
-            tensors.push((format!("train/params/{name}"), p.shallow_clone()));
-            tensors.push((format!("train/adam_m/{name}"), m[i].shallow_clone()));
-            tensors.push((format!("train/adam_v/{name}"), v[i].shallow_clone()));
+            tensors.push((format!("{TRAIN_PREFIX}params/{name}"), p.shallow_clone()));
+            tensors.push((format!("{TRAIN_PREFIX}adam_m/{name}"), m[i].shallow_clone()));
+            tensors.push((format!("{TRAIN_PREFIX}adam_v/{name}"), v[i].shallow_clone()));
         }
         // non-trainable variables (none today) travel as they are
         for (name, t) in checkpoint::named(self.vs, "") {
@@ -205,7 +254,7 @@ impl Run<'_> {
             adam.split(&adam.ema),
         );
         for (i, (name, p)) in adam.params.iter_mut().enumerate() {
-            let src = get(format!("train/params/{name}"))?;
+            let src = get(format!("{TRAIN_PREFIX}params/{name}"))?;
             if src.size() != p.size() {
                 return Err(Error::file(
                     &path,
@@ -222,8 +271,8 @@ impl Run<'_> {
                 v[i].shallow_clone(),
                 ema[i].shallow_clone(),
             ];
-            dst[0].copy_(get(format!("train/adam_m/{name}"))?);
-            dst[1].copy_(get(format!("train/adam_v/{name}"))?);
+            dst[0].copy_(get(format!("{TRAIN_PREFIX}adam_m/{name}"))?);
+            dst[1].copy_(get(format!("{TRAIN_PREFIX}adam_v/{name}"))?);
             dst[2].copy_(get(name.clone())?);
         }
         Ok(ck.meta.step)
@@ -252,7 +301,7 @@ impl Run<'_> {
             if !self.files.checkpoint().exists() {
                 return Err(Error::file(
                     self.files.checkpoint(),
-                    "--resume given, but there is no checkpoint to resume",
+                    "resuming was asked for, but there is no checkpoint to resume",
                 ));
             }
             self.restore(&mut adam)?
@@ -260,7 +309,7 @@ impl Run<'_> {
             0
         };
         let mut log = CsvLog::open(&self.files.log(), &self.extra_columns, start, resume)?;
-        let bar = progress_bar(self.progress, start, cfg.steps);
+        let bar = progress::steps(self.progress, start, cfg.steps);
         let t0 = Instant::now();
         let mut window = (Instant::now(), 0usize);
         let mut last_loss = f64::NAN;
@@ -296,9 +345,6 @@ impl Run<'_> {
             bar.inc(1);
             if stop {
                 bar.abandon();
-                eprintln!(
-                    "stopped on request after step {done}; checkpoint saved (resume with --resume)"
-                );
                 return Ok(Summary {
                     start_step: start,
                     end_step: done,
@@ -341,41 +387,6 @@ fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
     v
 }
 
-/// A progress bar of `total` steps starting at `start` (drawn on a terminal only; hidden when
-/// `show` is false).
-pub fn progress_bar(show: bool, start: u64, total: u64) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_position(start);
-    bar
-}
-
-/// A progress bar over `total` samples with their rate, labelled `label` (drawn on a terminal
-/// only; hidden when `show` is false).
-pub fn samples_bar(show: bool, total: u64, label: &str) -> indicatif::ProgressBar {
-    let bar = if show {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bar:30} {pos}/{len} samples {per_sec} [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(label.to_string());
-    bar
-}
-
 /// The CSV log: `step,loss,lr,grad_norm,samples_per_s,<extra…>`. On resume, rows past the
 /// checkpoint's step are dropped first, so the log matches an uninterrupted run.
 struct CsvLog {
@@ -406,7 +417,7 @@ impl CsvLog {
         }
         let mut body = lines.join("\n");
         body.push('\n');
-        crate::fsio::write_atomic(path, body.as_bytes())?;
+        crate::util::fsio::write_atomic(path, body.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

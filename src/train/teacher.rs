@@ -3,7 +3,7 @@
 //! For data x, `t ~ U[0, 1)`, `ε ~ N(0, I)`: `z_t = α_t x + σ_t ε`, `x̂ = f(z_t, t_in)`, loss
 //! `w(λ_t)·‖x̂ − x‖²` (mean over pixels and batch). The weight is the "truncated SNR"
 //! `max(SNR, 1)` of progressive distillation by default.
-use super::{Run, RunFiles, StepLoss, Summary, TrainConfig};
+use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::{idx, to_unit_range, toy2d, Batches};
 use crate::nn::ModelConfig;
@@ -58,7 +58,7 @@ pub enum TimeSampling {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataConfig {
-    /// MNIST-layout IDX files in the folder given with `--data`; `name` labels the data set.
+    /// MNIST-layout IDX files of the data set `name` (`mnist`, `fashion-mnist`, …).
     Idx { name: String },
     /// A 2-D toy distribution ([`toy2d::NAMES`]), `points` samples drawn with `seed`.
     Toy2d {
@@ -83,7 +83,7 @@ impl DataConfig {
             DataConfig::Idx { name } => {
                 let dir = dir.ok_or_else(|| {
                     Error::invalid(format!(
-                        "data set `{name}` needs --data <folder with the IDX files>"
+                        "data set `{name}`: no folder with its IDX files was given"
                     ))
                 })?;
                 Ok(to_unit_range(&idx::load_images(dir, idx::Split::Train)?))
@@ -151,12 +151,10 @@ fn coefficients(
 pub fn train(
     cfg: &TeacherConfig,
     data: Tensor,
-    out: &Path,
-    resume: bool,
+    run: &RunOptions,
     init: Option<&Path>,
-    device: Device,
-    progress: bool,
 ) -> Result<Summary> {
+    let (device, resume) = (run.device, run.resume);
     let want = cfg.model.sample_shape();
     if data.size()[1..] != want[..] {
         return Err(Error::invalid(format!(
@@ -174,7 +172,7 @@ pub fn train(
             return Err(Error::file(
                 path,
                 format!(
-                    "--init needs a teacher, this is a {:?} checkpoint",
+                    "initial weights must come from a teacher, this is a {:?} checkpoint",
                     ck.meta.kind
                 ),
             ));
@@ -182,7 +180,7 @@ pub fn train(
         if ck.meta.model != cfg.model {
             return Err(Error::file(
                 path,
-                "--init: the checkpoint's model differs from the config's [model]",
+                "the initial weights' model differs from the config's [model]",
             ));
         }
         ck.load_into(&vs, "", path)?;
@@ -198,19 +196,8 @@ pub fn train(
         modes: None,
         train: Some(serde_json::to_value(cfg).map_err(|e| Error::invalid(e.to_string()))?),
     };
-    let run = Run {
-        vs: &vs,
-        train: &cfg.train,
-        files: RunFiles {
-            dir: out.to_path_buf(),
-        },
-        meta,
-        extra_columns: vec![],
-        samples_per_step: cfg.train.batch_size,
-        progress,
-    };
     let b = cfg.train.batch_size as i64;
-    run.run(resume, |step| {
+    Run::new(&vs, &cfg.train, run, meta, vec![]).run(resume, |step| {
         let x = batches.get(step);
         let mut t: Vec<f64> =
             Vec::<f64>::try_from(&Tensor::rand([b], (Kind::Double, Device::Cpu)))?;

@@ -38,6 +38,7 @@ pub fn write_atomic_with(
         return Err(Error::file(path, format!("cannot write: {e}")));
     }
     std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
         Error::file(
             path,
             format!("cannot rename the finished file into place: {e}"),

@@ -1,5 +1,5 @@
 //! PNG output: image grids, trajectory strips and 2-D scatter plots, written atomically.
-use crate::fsio::write_atomic;
+use super::fsio::write_atomic;
 use crate::{Error, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -158,4 +158,15 @@ pub fn scatter(points: &Tensor, extent: f64, size: usize) -> Result<Image> {
         channels: 3,
         data,
     })
+}
+
+/// A preview of samples `[N, …]`: a square grid of images, or a scatter plot of 2-D points.
+pub fn preview(samples: &Tensor) -> Result<Image> {
+    let s = samples.to_device(tch::Device::Cpu);
+    if s.dim() == 2 {
+        scatter(&s, 3.0, 512)
+    } else {
+        let cols = (s.size()[0] as f64).sqrt().ceil() as usize;
+        grid(&s, cols, 2)
+    }
 }

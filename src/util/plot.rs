@@ -1,7 +1,7 @@
 //! Line and scatter plots as PNG images, with no font or plotting dependency: a built-in 5×7
 //! bitmap font, logarithmic or linear axes, a legend and dashed reference lines. Enough for the
 //! evaluation report's "FD vs NFE" and "FD vs wall time" figures.
-use crate::image::Image;
+use super::image::Image;
 use crate::{Error, Result};
 
 /// One series: points joined by a line (`line`) or drawn as markers only.

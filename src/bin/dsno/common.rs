@@ -1,0 +1,76 @@
+//! What several subcommands share: the device flag, a training run's arguments and summary,
+//! where data sets are found, raw sample output.
+use anyhow::Result;
+use dsno::train::{RunOptions, Summary};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Device, Tensor};
+
+/// Exit status of a training run stopped on request (as after Ctrl-C).
+pub const STOPPED: u8 = 130;
+
+/// `--device`: auto, cpu, cuda or cuda:N.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    dsno::device::parse_device(s).map_err(|e| e.to_string())
+}
+
+pub fn describe(device: Device) -> String {
+    dsno::device::describe(device)
+}
+
+/// Where a training run writes, whether it continues, and for how long.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Output folder: ckpt.safetensors (training state), model.safetensors (EMA), log.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from <out>/ckpt.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the number of training steps of the config.
+    #[arg(long)]
+    pub steps: Option<u64>,
+}
+
+impl RunArgs {
+    pub fn options(&self, device: Device) -> RunOptions {
+        RunOptions {
+            out: self.out.clone(),
+            resume: self.resume,
+            device,
+            progress: true,
+        }
+    }
+
+    /// Prints how the run went; a run stopped on request exits with status 130.
+    pub fn report(&self, s: &Summary) -> ExitCode {
+        println!(
+            "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
+            s.start_step,
+            s.end_step,
+            s.seconds,
+            s.last_loss,
+            self.out.join("model.safetensors").display()
+        );
+        if s.stopped {
+            eprintln!("stopped on request; checkpoint saved (continue with --resume)");
+            return ExitCode::from(STOPPED);
+        }
+        ExitCode::SUCCESS
+    }
+}
+
+/// The folder of the data set `name`: `--data` if given, else `$DSNO_DATA/<name>`, else the
+/// user cache (see `dsno data fetch`).
+pub fn data_dir(explicit: Option<&Path>, name: &str) -> Result<PathBuf> {
+    // TODO(fetch): resolve through dsno::data::fetch::locate
+    explicit
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("data set {name}: give its folder with --data"))
+}
+
+/// Writes raw samples as safetensors (tensor `samples`), atomically.
+pub fn save_raw(samples: &Tensor, path: &Path) -> Result<()> {
+    dsno::checkpoint::save_tensors(path, &[("samples".to_string(), samples.shallow_clone())])?;
+    Ok(())
+}

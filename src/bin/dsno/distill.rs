@@ -1,0 +1,42 @@
+//! `dsno distill`: a DSNO operator or the KD baseline from a trajectory store.
+use crate::common::{describe, RunArgs};
+use anyhow::Result;
+use dsno::operator::Method;
+use dsno::train::distill::{distill, DistillConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::Device;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Teacher checkpoint (initialises the student; must be the store's teacher).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Trajectory store made by `dsno trajectories`.
+    #[arg(long)]
+    trajectories: PathBuf,
+    /// TOML config (configs/distill-*.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides the config's method.
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    let mut cfg = DistillConfig::load(&a.config)?;
+    cfg.method = a.method.unwrap_or(cfg.method);
+    cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
+    println!(
+        "distill ({:?}): {} steps of {} on {}",
+        cfg.method,
+        cfg.train.steps,
+        cfg.train.batch_size,
+        describe(device)
+    );
+    dsno::train::install_stop_handler();
+    let s = distill(&cfg, &a.teacher, &a.trajectories, &a.run.options(device))?;
+    Ok(a.run.report(&s))
+}

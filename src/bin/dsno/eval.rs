@@ -1,0 +1,126 @@
+//! `dsno eval`: every method from the same noise, scored; writes the report.
+use crate::common::{data_dir, describe};
+use anyhow::{Context, Result};
+use dsno::data::{idx, to_unit_range};
+use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, Targets};
+use dsno::model::{self, OneStep, Teacher};
+use dsno::solver::Grid;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+use tch::Device;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folder with the data set's IDX files (training images: the reference; test images: the
+    /// floor row). Default: `$DSNO_DATA/<teacher's data set>`, then the user cache.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Teacher checkpoint.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// DSNO checkpoint.
+    #[arg(long)]
+    dsno: Option<PathBuf>,
+    /// KD checkpoint.
+    #[arg(long)]
+    kd: Option<PathBuf>,
+    /// Feature classifier (`dsno train-classifier`); default: the bundled one of the teacher's
+    /// data set.
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Samples per method.
+    #[arg(long, default_value_t = 10000)]
+    count: usize,
+    /// Samples per forward pass, the same for every method.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Noise seed (the trajectory store's default is 0: keep this different).
+    #[arg(long, default_value_t = 1000)]
+    seed: u64,
+    /// Steps of the reference DPM-Solver++(2M) solve.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    reference_steps: u64,
+    /// DDIM step counts, comma-separated.
+    #[arg(long, default_value = "1,2,4,10,20", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    ddim: Vec<u64>,
+    /// DPM-Solver++(2M) step counts, comma-separated.
+    #[arg(long, default_value = "2,4,10,20", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    dpm: Vec<u64>,
+    /// Step grid of the DDIM rows.
+    #[arg(long, value_enum, default_value = "default")]
+    ddim_grid: Grid,
+    /// Step grid of the DPM-Solver++ rows (uniform: the best of the four at 2–20 steps on the
+    /// MNIST teacher, docs/RESULTS.md §8).
+    #[arg(long, value_enum, default_value = "uniform")]
+    dpm_grid: Grid,
+    /// Target: the largest acceptable DSNO@1 FD / teacher FD.
+    #[arg(long, default_value_t = 1.3)]
+    target_fd_ratio: f64,
+    /// Target: the largest acceptable DSNO@1 / DPM-Solver++(2M)@10 wall time.
+    #[arg(long, default_value_t = 0.5)]
+    target_wall_ratio: f64,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn one_step(path: &Option<PathBuf>, device: Device) -> Result<Option<(OneStep, String)>> {
+    let load = |p: &PathBuf| Ok((OneStep::load(p, device)?, p.display().to_string()));
+    path.as_ref().map(load).transpose()
+}
+
+fn classifier(a: &Args, dataset: &str, device: Device) -> Result<(model::LoadedClassifier, String)> {
+    let c = match &a.classifier {
+        Some(p) => (model::load_classifier(p, device)?, p.display().to_string()),
+        None => {
+            let bytes = model::bundled_classifier(dataset)
+                .with_context(|| format!("no bundled classifier for `{dataset}`: give --classifier"))?;
+            let name = format!("bundled {dataset} classifier");
+            (model::load_classifier_bytes(bytes, Path::new(&name), device)?, name)
+        }
+    };
+    if c.0.info.dataset != dataset {
+        eprintln!("warning: the classifier {} was trained on {}, the teacher on {dataset}", c.1, c.0.info.dataset);
+    }
+    Ok(c)
+}
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    let teacher = Teacher::load(&a.teacher, device)?;
+    let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
+    let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;
+    let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
+    let images = |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
+    let inputs = EvalInputs {
+        teacher: &teacher,
+        teacher_name: a.teacher.display().to_string(),
+        dsno: dsno_m.as_ref().map(|(m, n)| (m, n.clone())),
+        kd: kd_m.as_ref().map(|(m, n)| (m, n.clone())),
+        classifier: &cls.net,
+        classifier_name: format!("{cls_name} ({}, test accuracy {:.2} %)", cls.info.dataset, 100.0 * cls.info.test_accuracy),
+        train_images: images(idx::Split::Train)?,
+        test_images: images(idx::Split::Test)?,
+    };
+    let steps = |v: &[u64]| v.iter().map(|&s| s as usize).collect();
+    let o = EvalOptions {
+        count: a.count,
+        batch: a.batch as usize,
+        seed: a.seed,
+        reference_steps: a.reference_steps as usize,
+        ddim_steps: steps(&a.ddim),
+        dpm_steps: steps(&a.dpm),
+        ddim_grid: a.ddim_grid,
+        dpm_grid: a.dpm_grid,
+        targets: Some(Targets { fd_ratio: a.target_fd_ratio, wall_ratio: a.target_wall_ratio }),
+        ..Default::default()
+    };
+    println!("eval: {} samples per method, batch {}, on {}", a.count, a.batch, describe(device));
+    let start = Instant::now();
+    let (report, samples) = evaluate(&inputs, &o)?;
+    write_report(&a.out, &report, &samples)?;
+    print!("{}", report.table());
+    report.targets().iter().for_each(|t| println!("{t}"));
+    println!("{:.1} s → {}", start.elapsed().as_secs_f64(), a.out.join("report.md").display());
+    Ok(ExitCode::SUCCESS)
+}

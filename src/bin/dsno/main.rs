@@ -1,0 +1,95 @@
+//! The `dsno` command line. Each subcommand is a module of its own that parses its arguments,
+//! calls the library and prints; the numerics live in the library (docs/ARCHITECTURE.md).
+//!
+//! Exit status: 0 success, 1 error, 2 usage error (clap), 130 a training run stopped on
+//! request (Ctrl-C or SIGTERM) after saving its checkpoint.
+mod bench;
+mod common;
+// mod data;
+mod distill;
+mod eval;
+mod export;
+mod sample;
+mod train_classifier;
+mod train_teacher;
+mod trajectories;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Fast sampling of diffusion models by operator learning (DSNO).
+///
+/// Exit status: 0 success, 1 error, 2 usage error, 130 a training run stopped by Ctrl-C or
+/// SIGTERM (its checkpoint saved; continue with --resume).
+#[derive(Parser, Debug)]
+#[command(name = "dsno", version, about, long_about)]
+struct Cli {
+    /// Where to compute: auto (CUDA when libtorch sees a GPU, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_parser = common::parse_device)]
+    device: tch::Device,
+    /// CPU threads for libtorch (default: libtorch's choice, all cores).
+    #[arg(long, global = true, value_parser = clap::value_parser!(i32).range(1..=4096))]
+    threads: Option<i32>,
+    /// Let the C allocator return freed host memory to the kernel after every large tensor
+    /// (glibc's default). By default dsno keeps it for reuse: on the CPU a DSNO pass runs 1.5 ×
+    /// faster and the process keeps its peak heap (docs/RESULTS.md §2).
+    #[arg(long, global = true)]
+    release_host_memory: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Draw samples and write them as a PNG.
+    Sample(sample::Args),
+    /// Train a diffusion teacher (x-prediction) from a TOML config.
+    TrainTeacher(train_teacher::Args),
+    /// Solve the teacher's ODE and store trajectories for distillation (sharded, resumable).
+    Trajectories(trajectories::Args),
+    /// Distil the teacher into a one-step DSNO operator (or the KD baseline).
+    Distill(distill::Args),
+    /// Evaluate DSNO, KD and few-step solvers against the teacher from the same noise: FD, KID,
+    /// precision/recall, PSNR vs the teacher, wall time; writes report.md/json, plots, grids.
+    Eval(eval::Args),
+    /// Train the LeNet-style feature classifier used by the sample-quality metrics.
+    TrainClassifier(train_classifier::Args),
+    /// Benchmark the engine: U-Net and operator forward/train-step time, images/s, GFLOP/s.
+    Bench(bench::Args),
+    /// Copy a checkpoint's model weights (no optimiser state) to a new file, optionally as
+    /// float16 (how the bundled models in models/ are made).
+    Export(export::Args),
+    /// Data sets: `dsno data fetch mnist` downloads and verifies one.
+    Data(DataArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !cli.release_host_memory {
+        dsno::device::keep_freed_host_memory();
+    }
+    if let Some(n) = cli.threads {
+        tch::set_num_threads(n);
+    }
+    let device = cli.device;
+    let result = match cli.command {
+        Command::Sample(a) => sample::run(a, device),
+        Command::TrainTeacher(a) => train_teacher::run(a, device),
+        Command::Trajectories(a) => trajectories::run(a, device),
+        Command::Distill(a) => distill::run(a, device),
+        Command::Eval(a) => eval::run(a, device),
+        Command::Bench(a) => bench::run(a, device),
+        Command::Export(a) => export::run(a),
+        Command::TrainClassifier(a) => train_classifier::run(a, device),
+        Command::Data(_) => unimplemented!(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+#[derive(clap::Args, Debug)]
+struct DataArgs {}

@@ -1,0 +1,154 @@
+//! `dsno sample`: one-step models, teachers with a solver, or the exact toy denoiser.
+use crate::common::{describe, save_raw};
+use anyhow::{bail, Context, Result};
+use dsno::checkpoint::{self, ModelKind};
+use dsno::denoiser::MixtureDenoiser;
+use dsno::eval::sampling::{draw, DrawOptions, Sampler};
+use dsno::model::{OneStep, Teacher};
+use dsno::sampling::Noise;
+use dsno::schedule::{Preset, Schedule};
+use dsno::solver::{Grid, Solver};
+use dsno::util::image;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Device, Kind};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A trained checkpoint: a DSNO or KD model (one step) or a teacher (needs --solver).
+    /// Default: the bundled MNIST DSNO model (models/mnist-dsno.safetensors, built in).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Sample the built-in toy model instead: the exact denoiser of a 2-D mixture of eight
+    /// Gaussians, solved with --solver.
+    #[arg(long, conflicts_with = "model")]
+    toy: bool,
+    /// Number of samples (default: 2000 for the toy model, 64 otherwise).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Seed of the noise: sample i's noise depends on (seed, i) only.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// ODE solver for a teacher (required) or the toy model (default dpmpp2m).
+    #[arg(long, value_enum)]
+    solver: Option<Solver>,
+    /// Solver steps.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+    /// Step grid: default (the solver's recommended one), uniform, quadratic, logsnr.
+    #[arg(long, value_enum, default_value = "default")]
+    grid: Grid,
+    /// Noise schedule of the toy model.
+    #[arg(long, value_enum, default_value = "vp-cosine")]
+    schedule: Preset,
+    /// Output PNG.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    /// Also write every output time of a one-step model, one row per sample (PNG).
+    #[arg(long)]
+    trajectory: Option<PathBuf>,
+    /// Also write the raw samples (float, [-1, 1]) as a safetensors file (tensor `samples`).
+    #[arg(long)]
+    safetensors: Option<PathBuf>,
+    /// Samples per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+}
+
+/// The bundled MNIST DSNO model (float16 weights, built into the binary).
+const BUNDLED_DSNO: &[u8] = include_bytes!("../../../models/mnist-dsno.safetensors");
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    match &a.model {
+        _ if a.toy => toy(&a, device)?,
+        None => {
+            let name = Path::new("models/mnist-dsno.safetensors (built in)");
+            let ck = checkpoint::load_bytes(BUNDLED_DSNO, name)?;
+            one_step(&a, &OneStep::from_checkpoint(ck, name, device)?, name)?
+        }
+        Some(p) if dsno::model::peek(p)?.kind == ModelKind::Teacher => teacher(&a, p, device)?,
+        Some(p) => one_step(&a, &OneStep::load(p, device)?, p)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(a: &Args, default_count: u64) -> DrawOptions {
+    DrawOptions {
+        count: a.count.unwrap_or(default_count) as usize,
+        batch: a.batch as usize,
+        warm_up: false,
+        keep_outputs: a.trajectory.is_some(),
+        progress: None,
+    }
+}
+
+fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
+    let Some(solver) = a.solver else {
+        bail!("{} is a teacher (a diffusion model): sample it with --solver and --steps", path.display());
+    };
+    let teacher = Teacher::load(path, device)?;
+    let schedule = teacher.schedule();
+    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let noise = Noise::at_t_max(a.seed, teacher.meta.model.sample_shape(), &schedule, device);
+    let sampler = Sampler::Ode { denoiser: &teacher, schedule, solver, grid };
+    let d = draw(&sampler, &noise, &options(a, 64))?;
+    if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
+        let x_t = noise.of(0..d.samples.size()[0] as u64);
+        let (w2, w2_noise) = dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.seed ^ 0x5eed)?;
+        println!("sliced W2 to fresh {name} points: samples {w2:.4}, initial noise {w2_noise:.4}");
+    }
+    write(a, &d.samples, None)?;
+    println!(
+        "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
+        path.display(), teacher.meta.dataset, solver.name(), a.steps, d.samples.size()[0],
+        describe(device), d.nfe, d.seconds, a.out.display()
+    );
+    Ok(())
+}
+
+fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
+    if a.solver.is_some() {
+        bail!("{} is a one-step model: --solver does not apply", path.display());
+    }
+    let device = model.device();
+    let noise = Noise::at_t_max(a.seed, model.meta.model.sample_shape(), &model.meta.schedule, device);
+    let d = draw(&Sampler::OneStep(model), &noise, &options(a, 64))?;
+    write(a, &d.samples, d.outputs.as_ref().map(|o| (o, model.slots())))?;
+    println!(
+        "{} model {} ({}), {} samples on {}: NFE 1 (one forward pass over {} time slots), {:.3} s → {}",
+        model.net.method(), path.display(), model.meta.dataset, d.samples.size()[0],
+        describe(device), model.slots(), d.seconds, a.out.display()
+    );
+    Ok(())
+}
+
+fn toy(a: &Args, device: Device) -> Result<()> {
+    let solver = a.solver.unwrap_or(Solver::DpmSolver2M);
+    let schedule = Schedule::preset(a.schedule);
+    let den = MixtureDenoiser::eight_gaussians(2.0, 0.05, schedule).to_device(device);
+    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let noise = Noise { kind: Kind::Double, ..Noise::at_t_max(a.seed, vec![2], &schedule, device) };
+    let sampler = Sampler::Ode { denoiser: &den, schedule, solver, grid };
+    let d = draw(&sampler, &noise, &DrawOptions { batch: usize::MAX, ..options(a, 2000) })?;
+    write(a, &d.samples, None)?;
+    println!(
+        "toy model (8 Gaussians, exact denoiser), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
+        solver.name(), a.steps, d.samples.size()[0], describe(device), d.nfe, d.seconds, a.out.display()
+    );
+    Ok(())
+}
+
+/// Writes the PNG, and the trajectory strip and raw samples when asked for.
+fn write(a: &Args, samples: &tch::Tensor, outputs: Option<(&tch::Tensor, i64)>) -> Result<()> {
+    image::preview(samples)?.save_png(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    if let Some(p) = &a.trajectory {
+        let Some((traj, m)) = outputs.filter(|_| samples.dim() > 2) else {
+            bail!("--trajectory draws one row of images per sample from a one-step image model");
+        };
+        image::grid(&traj.flatten(0, 1), m as usize, 2)?.save_png(p)?;
+    }
+    if let Some(p) = &a.safetensors {
+        save_raw(samples, p)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! `dsno train-teacher`: a diffusion teacher from a TOML config.
+use crate::common::{data_dir, describe, RunArgs};
+use anyhow::Result;
+use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tch::Device;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// TOML config (presets in configs/: toy2d, mnist, fashion-mnist).
+    #[arg(long)]
+    config: PathBuf,
+    /// Folder with the IDX files of an image data set (default: `$DSNO_DATA/<name>`, then the
+    /// user cache; see `dsno data fetch`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Start a fresh run from this teacher checkpoint's weights (same [model]; new optimiser,
+    /// step 0, warm-up again). Ignored with --resume, whose checkpoint holds the weights.
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    let mut cfg = TeacherConfig::load(&a.config)?;
+    cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
+    let dir = match &cfg.data {
+        DataConfig::Idx { name } => Some(data_dir(a.data.as_deref(), name)?),
+        DataConfig::Toy2d { .. } => None,
+    };
+    let data = cfg.data.load(dir.as_deref())?;
+    println!(
+        "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
+        cfg.model.num_params(),
+        data.size()[0],
+        cfg.data.name(),
+        cfg.train.steps,
+        cfg.train.batch_size,
+        describe(device)
+    );
+    dsno::train::install_stop_handler();
+    let s = train(&cfg, data, &a.run.options(device), a.init.as_deref())?;
+    Ok(a.run.report(&s))
+}

@@ -1,0 +1,166 @@
+//! The trajectory store (docs/FORMATS.md): a folder of shards `traj-00000.safetensors`, … each holding
+//! `x_T` `[n, …]`, `targets` `[n, M, …]` (the teacher's x̂ at the M output times), `lambdas`
+//! `[M]` and `indices` `[n]`, plus `manifest.json` (teacher hash, solver, steps, seed, times,
+//! shard size, count).
+//!
+//! This module is the format only: reading and checking shards and the manifest, writing a
+//! shard. Making a store is `crate::train::trajectories`.
+use crate::solver::Solver;
+use crate::util::fsio::write_atomic;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    /// FNV-1a 64 hash of the teacher checkpoint file.
+    pub teacher_hash: String,
+    pub dataset: String,
+    pub solver: Solver,
+    pub steps: usize,
+    pub seed: u64,
+    /// Output times t_1 > … > t_M.
+    pub times: Vec<f64>,
+    pub count: usize,
+    pub shard_size: usize,
+    /// Shape of one sample.
+    pub sample_shape: Vec<i64>,
+    /// Storage of x_T and targets: `f32` or `f16`.
+    pub dtype: String,
+}
+
+pub const FORMAT: &str = "dsno-trajectories-1";
+
+impl Manifest {
+    pub fn shards(&self) -> usize {
+        self.count.div_ceil(self.shard_size)
+    }
+
+    pub fn shard_range(&self, j: usize) -> (usize, usize) {
+        (
+            j * self.shard_size,
+            ((j + 1) * self.shard_size).min(self.count),
+        )
+    }
+
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::file(&path, format!("cannot read the trajectory manifest: {e}")))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("bad trajectory manifest: {e}")))
+    }
+}
+
+/// The file of shard `j`.
+pub fn shard_path(dir: &Path, j: usize) -> PathBuf {
+    dir.join(format!("traj-{j:05}.safetensors"))
+}
+
+/// One loaded shard.
+#[derive(Debug)]
+pub struct Shard {
+    pub x_t: Tensor,
+    pub targets: Tensor,
+    pub lambdas: Tensor,
+    pub indices: Tensor,
+}
+
+/// Loads shard `j` and checks it against the manifest.
+pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
+    let path = shard_path(dir, j);
+    let bytes =
+        std::fs::read(&path).map_err(|e| Error::file(&path, format!("cannot read shard: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(&path, format!("corrupt shard ({e})")))?;
+    let get = |name: &str| -> Result<Tensor> {
+        let v = st
+            .tensor(name)
+            .map_err(|_| Error::file(&path, format!("shard has no `{name}`")))?;
+        crate::checkpoint::tensor_of(&v, name, &path)
+    };
+    let shard = Shard {
+        x_t: get("x_T")?,
+        targets: get("targets")?,
+        lambdas: get("lambdas")?,
+        indices: get("indices")?,
+    };
+    let (lo, hi) = m.shard_range(j);
+    let n = (hi - lo) as i64;
+    let mt = m.times.len() as i64;
+    let mut want_x = vec![n];
+    want_x.extend(&m.sample_shape);
+    let mut want_t = vec![n, mt];
+    want_t.extend(&m.sample_shape);
+    let expect: Vec<i64> = (lo as i64..hi as i64).collect();
+    if shard.x_t.size() != want_x
+        || shard.targets.size() != want_t
+        || shard.lambdas.size() != [mt]
+        || Vec::<i64>::try_from(&shard.indices).ok() != Some(expect)
+    {
+        return Err(Error::file(
+            &path,
+            format!(
+                "shard does not match the manifest: x_T {:?} (want {want_x:?}), targets {:?} (want {want_t:?}), indices of samples {lo}..{hi}",
+                shard.x_t.size(),
+                shard.targets.size()
+            ),
+        ));
+    }
+    Ok(shard)
+}
+
+/// Writes a shard atomically.
+pub fn save_shard(path: &Path, s: &Shard) -> Result<()> {
+    use crate::checkpoint::raw;
+    let raws = [
+        ("indices", raw(&s.indices, None)?),
+        ("lambdas", raw(&s.lambdas, None)?),
+        ("targets", raw(&s.targets, None)?),
+        ("x_T", raw(&s.x_t, None)?),
+    ];
+    let bytes = safetensors::serialize(
+        raws.iter().map(|(n, r)| (*n, r)),
+        None::<HashMap<String, String>>,
+    )
+    .map_err(|e| Error::file(path, format!("cannot serialise shard: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// A whole store in memory: `x_T` `[K, …]`, `targets` `[K, M, …]` (float32, CPU).
+#[derive(Debug)]
+pub struct Store {
+    pub manifest: Manifest,
+    pub x_t: Tensor,
+    pub targets: Tensor,
+}
+
+/// Loads every shard of the store in `dir`; a missing or invalid shard is an error naming it.
+pub fn load_store(dir: &Path) -> Result<Store> {
+    let manifest = Manifest::load(dir)?;
+    if manifest.format != FORMAT {
+        return Err(Error::file(
+            dir.join("manifest.json"),
+            format!("unknown store format `{}`", manifest.format),
+        ));
+    }
+    if manifest.count == 0 {
+        return Err(Error::file(dir.join("manifest.json"), "the store is empty"));
+    }
+    let mut xs = vec![];
+    let mut ts = vec![];
+    for j in 0..manifest.shards() {
+        let s = load_shard(dir, &manifest, j)?;
+        xs.push(s.x_t.to_kind(Kind::Float));
+        ts.push(s.targets.to_kind(Kind::Float));
+    }
+    Ok(Store {
+        x_t: Tensor::cat(&xs, 0),
+        targets: Tensor::cat(&ts, 0),
+        manifest,
+    })
+}

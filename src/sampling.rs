@@ -1,0 +1,67 @@
+//! The one batched "seeded noise → generator → samples" routine, shared by sampling, trajectory
+//! generation and evaluation. Item i's noise depends on (seed, i) only ([`crate::rng::noise`]),
+//! so the result does not depend on the batch size or on which items a call covers.
+use crate::rng::noise;
+use crate::schedule::Schedule;
+use crate::Result;
+use std::ops::Range;
+use tch::{Device, Kind, Tensor};
+
+/// The initial noise x_T: standard normal per item, scaled by the schedule's σ at the start time.
+#[derive(Debug, Clone)]
+pub struct Noise {
+    pub seed: u64,
+    /// Shape of one sample, e.g. `[1, 28, 28]`.
+    pub shape: Vec<i64>,
+    /// σ(t_max): the standard deviation of x_T.
+    pub scale: f64,
+    /// Float kind of the noise (float32 for networks, float64 for exact toy denoisers).
+    pub kind: Kind,
+    pub device: Device,
+}
+
+impl Noise {
+    /// Float32 noise of samples of `shape`, scaled to the schedule's σ at its noise end t_max.
+    pub fn at_t_max(seed: u64, shape: Vec<i64>, schedule: &Schedule, device: Device) -> Self {
+        Noise {
+            seed,
+            shape,
+            scale: schedule.sigma(schedule.t_range().1),
+            kind: Kind::Float,
+            device,
+        }
+    }
+
+    /// x_T of the items `range`, `[len, shape…]`.
+    pub fn of(&self, range: Range<u64>) -> Tensor {
+        noise(self.seed, range, &self.shape, self.kind, self.device) * self.scale
+    }
+}
+
+/// Runs `f` on the noise of the items `range`, `batch` items at a time, and returns each of
+/// `f`'s outputs concatenated along the first dimension, on the CPU. `on_batch(n)` is called
+/// after each batch of n items (for progress bars).
+pub fn batched(
+    noise: &Noise,
+    range: Range<u64>,
+    batch: usize,
+    mut on_batch: impl FnMut(u64),
+    mut f: impl FnMut(&Tensor) -> Result<Vec<Tensor>>,
+) -> Result<Vec<Tensor>> {
+    let batch = batch.max(1) as u64;
+    let mut parts: Vec<Vec<Tensor>> = vec![];
+    let mut b0 = range.start;
+    while b0 < range.end {
+        let b1 = b0.saturating_add(batch).min(range.end);
+        let outs = f(&noise.of(b0..b1))?;
+        if parts.is_empty() {
+            parts = outs.iter().map(|_| vec![]).collect();
+        }
+        for (p, o) in parts.iter_mut().zip(outs) {
+            p.push(o.to_device(Device::Cpu));
+        }
+        on_batch(b1 - b0);
+        b0 = b1;
+    }
+    Ok(parts.iter().map(|p| Tensor::cat(p, 0)).collect())
+}

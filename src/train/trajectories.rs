@@ -1,0 +1,184 @@
+//! Trajectory generation: the teacher's ODE solved from seeded noise, written as a store
+//! ([`crate::data::store`]). Sample i's noise is a pure function of (seed, i) and shard j holds
+//! samples `j·S .. min((j+1)·S, K)`, so shards can be made in any order, on any machine
+//! (`part = (k, n)` makes the shards j ≡ k mod n), and merged by copying files. A run that was
+//! killed resumes by keeping every complete, valid shard; a shard that does not load or does not
+//! hold what the manifest says is reported by name and regenerated.
+use crate::checkpoint::file_hash;
+use crate::data::store::{load_shard, save_shard, shard_path, Manifest, Shard, FORMAT};
+use crate::model::Teacher;
+use crate::sampling::{self, Noise};
+use crate::schedule::{grid_through, Schedule};
+use crate::solver::Solver;
+use crate::util::{fsio::write_atomic, progress};
+use crate::{Error, Result};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// What `dsno trajectories` is asked to do.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub solver: Solver,
+    pub steps: usize,
+    pub times: Vec<f64>,
+    pub count: usize,
+    pub seed: u64,
+    pub shard_size: usize,
+    pub batch: usize,
+    pub fp16: bool,
+    /// `(k, n)`: make the shards j ≡ k (mod n) only.
+    pub part: (usize, usize),
+    pub progress: bool,
+}
+
+/// The step grid of the trajectory solve: `steps` steps from the schedule's t_max through every
+/// output time. DPM-Solver++ on the VP schedules steps uniformly in √t (its time-quadratic
+/// spacing, which holds the `quad:M` times exactly when M divides the steps); the others step
+/// uniformly in t (the DSNO authors' DDIM).
+pub fn trajectory_grid(
+    schedule: &Schedule,
+    solver: Solver,
+    times: &[f64],
+    steps: usize,
+) -> Result<Vec<f64>> {
+    let t_max = schedule.t_range().1;
+    if solver == Solver::DpmSolver2M && schedule.is_variance_preserving() {
+        let u: Vec<f64> = times.iter().map(|t| t.sqrt()).collect();
+        Ok(grid_through(t_max.sqrt(), &u, steps)?
+            .into_iter()
+            .map(|u| u * u)
+            .collect())
+    } else {
+        grid_through(t_max, times, steps)
+    }
+}
+
+/// Summary of a generation run.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateSummary {
+    pub made: usize,
+    pub kept: usize,
+    /// Why each regenerated shard was not kept (the error naming its file).
+    pub regenerated: Vec<String>,
+    pub samples: usize,
+    pub nfe_per_sample: usize,
+    pub seconds: f64,
+}
+
+/// Generates (or completes) the store in `dir` with `teacher` loaded from `teacher_path`.
+pub fn generate(
+    teacher: &Teacher,
+    teacher_path: &Path,
+    dir: &Path,
+    o: &GenerateOptions,
+) -> Result<GenerateSummary> {
+    if o.count == 0 {
+        return Err(Error::invalid("the number of trajectories must be at least 1"));
+    }
+    if o.shard_size == 0 || o.batch == 0 {
+        return Err(Error::invalid("shard size and batch must be at least 1"));
+    }
+    let (k, n) = o.part;
+    if n == 0 || k >= n {
+        return Err(Error::invalid(format!(
+            "part {k} of {n}: expected 0 ≤ k < n"
+        )));
+    }
+    let schedule = teacher.schedule();
+    let grid = trajectory_grid(&schedule, o.solver, &o.times, o.steps)?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        teacher_hash: file_hash(teacher_path)?,
+        dataset: teacher.meta.dataset.clone(),
+        solver: o.solver,
+        steps: o.steps,
+        seed: o.seed,
+        times: o.times.clone(),
+        count: o.count,
+        shard_size: o.shard_size,
+        sample_shape: teacher.meta.model.sample_shape(),
+        dtype: if o.fp16 { "f16".into() } else { "f32".into() },
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
+    let mpath = dir.join("manifest.json");
+    if mpath.exists() {
+        let old = Manifest::load(dir)?;
+        if old != manifest {
+            return Err(Error::file(
+                &mpath,
+                format!(
+                    "this store was made with other settings; use another folder or the same settings\n  store:     {}\n  requested: {}",
+                    serde_json::to_string(&old).unwrap_or_default(),
+                    serde_json::to_string(&manifest).unwrap_or_default()
+                ),
+            ));
+        }
+    } else {
+        let text =
+            serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&mpath, text.as_bytes())?;
+    }
+    let mine: Vec<usize> = (0..manifest.shards()).filter(|j| j % n == k).collect();
+    let mut summary = GenerateSummary::default();
+    let mut todo = vec![];
+    for &j in &mine {
+        if shard_path(dir, j).exists() {
+            match load_shard(dir, &manifest, j) {
+                Ok(_) => {
+                    summary.kept += 1;
+                    continue;
+                }
+                Err(e) => summary.regenerated.push(e.to_string()),
+            }
+        }
+        todo.push(j);
+    }
+    let total: usize = todo
+        .iter()
+        .map(|&j| manifest.shard_range(j).1 - manifest.shard_range(j).0)
+        .sum();
+    let bar = progress::samples(o.progress, total as u64, "trajectories");
+    let t0 = std::time::Instant::now();
+    let lambdas = Tensor::from_slice(
+        &o.times
+            .iter()
+            .map(|&t| schedule.lambda(t) as f32)
+            .collect::<Vec<_>>(),
+    );
+    let store_kind = if o.fp16 { Kind::Half } else { Kind::Float };
+    let noise = Noise {
+        seed: o.seed,
+        shape: manifest.sample_shape.clone(),
+        scale: schedule.sigma(grid[0]),
+        kind: Kind::Float,
+        device: teacher.device(),
+    };
+    for j in todo {
+        let (lo, hi) = manifest.shard_range(j);
+        let out = sampling::batched(
+            &noise,
+            lo as u64..hi as u64,
+            o.batch,
+            |n| bar.inc(n),
+            |x_t| {
+                let traj = o.solver.solve(teacher, &schedule, x_t, &grid, &o.times)?;
+                summary.nfe_per_sample = traj.nfe;
+                Ok(vec![x_t.shallow_clone(), Tensor::stack(&traj.x_hat, 1)])
+            },
+        )?;
+        let shard = Shard {
+            x_t: out[0].to_kind(store_kind),
+            targets: out[1].to_kind(store_kind),
+            lambdas: lambdas.shallow_clone(),
+            indices: Tensor::arange_start(lo as i64, hi as i64, (Kind::Int64, Device::Cpu)),
+        };
+        save_shard(&shard_path(dir, j), &shard)?;
+        summary.made += 1;
+        summary.samples += hi - lo;
+    }
+    bar.finish_and_clear();
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
