@@ -1,5 +1,6 @@
 //! Data: MNIST / Fashion-MNIST IDX files ([`idx`]), 2-D toy distributions ([`toy2d`]), and
 //! seeded, stateless batching ([`Batches`]).
+pub mod fetch;
 pub mod idx;
 pub mod toy2d;
 pub mod trajectories;
