@@ -1,5 +1,7 @@
-//! Data: MNIST / Fashion-MNIST IDX files ([`idx`]), 2-D toy distributions ([`toy2d`]), the
-//! trajectory store's format ([`store`]), and seeded, stateless batching ([`Batches`]).
+//! Data: MNIST / Fashion-MNIST IDX files ([`idx`]) and where to find or fetch them
+//! ([`fetch`]), 2-D toy distributions ([`toy2d`]), the trajectory store's format ([`store`]),
+//! and seeded, stateless batching ([`Batches`]).
+pub mod fetch;
 pub mod idx;
 pub mod toy2d;
 pub mod store;

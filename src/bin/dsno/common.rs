@@ -63,10 +63,7 @@ impl RunArgs {
 /// The folder of the data set `name`: `--data` if given, else `$DSNO_DATA/<name>`, else the
 /// user cache (see `dsno data fetch`).
 pub fn data_dir(explicit: Option<&Path>, name: &str) -> Result<PathBuf> {
-    // TODO(fetch): resolve through dsno::data::fetch::locate
-    explicit
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow::anyhow!("data set {name}: give its folder with --data"))
+    Ok(dsno::data::fetch::locate(name, explicit)?)
 }
 
 /// Writes raw samples as safetensors (tensor `samples`), atomically.

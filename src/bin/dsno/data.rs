@@ -40,6 +40,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ..Default::default()
     };
     let s = fetch(dataset, &dir, &o)?;
-    println!("{}: {s} → {}", dataset.name(), dir.display());
+    println!(
+        "{}: {} files kept, {} downloaded ({} bytes) → {}",
+        dataset.name(),
+        s.kept(),
+        s.downloaded(),
+        s.bytes_downloaded(),
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

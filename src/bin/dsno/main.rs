@@ -5,7 +5,7 @@
 //! request (Ctrl-C or SIGTERM) after saving its checkpoint.
 mod bench;
 mod common;
-// mod data;
+mod data;
 mod distill;
 mod eval;
 mod export;
@@ -60,7 +60,7 @@ enum Command {
     /// float16 (how the bundled models in models/ are made).
     Export(export::Args),
     /// Data sets: `dsno data fetch mnist` downloads and verifies one.
-    Data(DataArgs),
+    Data(data::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a, device),
         Command::Export(a) => export::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a, device),
-        Command::Data(_) => unimplemented!(),
+        Command::Data(a) => data::run(a),
     };
     match result {
         Ok(code) => code,
@@ -91,5 +91,3 @@ fn main() -> ExitCode {
         }
     }
 }
-#[derive(clap::Args, Debug)]
-struct DataArgs {}
