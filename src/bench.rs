@@ -162,17 +162,10 @@ pub fn pytorch_reference(
     model: &ModelConfig,
     spec: Spec,
 ) -> Result<serde_json::Value> {
-    let Spec {
-        batch,
-        slots,
-        modes,
-        iters,
-        device,
-    } = spec;
     let ModelConfig::Unet(cfg) = model else {
         return Err(Error::invalid("the PyTorch reference has the U-Net only"));
     };
-    let dev = match device {
+    let dev = match spec.device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
     };
@@ -181,15 +174,15 @@ pub fn pytorch_reference(
         .args(["--config", &serde_json::to_string(cfg).unwrap_or_default()])
         .args([
             "--batch",
-            &batch.to_string(),
+            &spec.batch.to_string(),
             "--slots",
-            &slots.to_string(),
+            &spec.slots.to_string(),
             "--modes",
-            &modes.to_string(),
+            &spec.modes.to_string(),
         ])
         .args([
             "--iters",
-            &iters.to_string(),
+            &spec.iters.to_string(),
             "--threads",
             &tch::get_num_threads().to_string(),
             "--device",
@@ -240,9 +233,16 @@ pub fn comparison_table(rows: &[Timing], py: &serde_json::Value) -> String {
         .iter()
         .skip(1)
         .min_by(|x, y| x.forward_ms.total_cmp(&y.forward_ms));
-    let pairs = rows.first().map(|r| (r, "unet")).into_iter().chain(best_op.map(|r| (r, "operator")));
+    let pairs = rows
+        .first()
+        .map(|r| (r, "unet"))
+        .into_iter()
+        .chain(best_op.map(|r| (r, "operator")));
     for (r, key) in pairs {
-        let (f, tr) = (get(&format!("{key}_forward_ms")), get(&format!("{key}_train_ms")));
+        let (f, tr) = (
+            get(&format!("{key}_forward_ms")),
+            get(&format!("{key}_train_ms")),
+        );
         t += &format!(
             "| {} | {:.1} | {:.1} | {:.3} | {:.3} |\n",
             r.name,

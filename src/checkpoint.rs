@@ -6,9 +6,9 @@
 //! Tensor names: the model's own variable names hold the weights to sample with (the EMA);
 //! training checkpoints add `train/params/<name>`, `train/adam_m/<name>`, `train/adam_v/<name>`.
 //! Writes are atomic (temporary name, then rename).
-use crate::util::fsio::write_atomic;
 use crate::nn::ModelConfig;
 use crate::schedule::Schedule;
+use crate::util::fsio::write_atomic;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -172,14 +172,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 
 /// Parses a checkpoint held in memory; `path` names it in errors.
 pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
-    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::file(path, format!("not a safetensors checkpoint ({e})")))?;
-    let json = md
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("dsno"))
-        .ok_or_else(|| Error::file(path, "no dsno metadata: not a dsno checkpoint"))?;
-    let meta = parse_meta(json, path)?;
+    let json = metadata_value(bytes, path, "dsno", "a dsno checkpoint")?;
+    let meta = parse_meta(&json, path)?;
     let tensors = read_tensors(bytes, path)?;
     Ok(Checkpoint { meta, tensors })
 }
@@ -189,14 +183,16 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
 pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
     use std::io::Read;
     let bad = |msg: String| Error::file(path, msg);
-    let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
     let len = f
         .metadata()
         .map_err(|e| bad(format!("cannot read checkpoint: {e}")))?
         .len();
     let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| bad("not a safetensors checkpoint (shorter than its 8-byte header length)".into()))?;
+    f.read_exact(&mut n).map_err(|_| {
+        bad("not a safetensors checkpoint (shorter than its 8-byte header length)".into())
+    })?;
     let n = u64::from_le_bytes(n);
     if n > MAX_HEADER || n + 8 > len {
         return Err(bad(format!(
@@ -220,7 +216,20 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
 const MAX_HEADER: u64 = 100_000_000;
 
 fn parse_meta(json: &str, path: &Path) -> Result<CheckpointMeta> {
-    serde_json::from_str(json).map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))
+}
+
+/// The metadata value `key` of a safetensors file held in memory; `what` names what a file
+/// with that key is, for the error when it has none.
+fn metadata_value(bytes: &[u8], path: &Path, key: &str, what: &str) -> Result<String> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("not a safetensors file ({e})")))?;
+    md.metadata()
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .cloned()
+        .ok_or_else(|| Error::file(path, format!("no {key} metadata: not {what}")))
 }
 
 /// Every tensor of a safetensors file held in memory (CPU, stored kind); `path` names it in
@@ -372,7 +381,11 @@ pub struct ClassifierInfo {
 pub const CLASSIFIER_KEY: &str = "dsno-classifier";
 
 /// Writes a classifier's tensors (float32) with `info`, atomically.
-pub fn save_classifier(path: &Path, tensors: &[(String, Tensor)], info: &ClassifierInfo) -> Result<()> {
+pub fn save_classifier(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    info: &ClassifierInfo,
+) -> Result<()> {
     let json = serde_json::to_string(info).map_err(|e| Error::invalid(e.to_string()))?;
     let meta = HashMap::from([(CLASSIFIER_KEY.to_string(), json)]);
     write_safetensors(path, tensors, Some(Kind::Float), meta)
@@ -380,13 +393,7 @@ pub fn save_classifier(path: &Path, tensors: &[(String, Tensor)], info: &Classif
 
 /// The description of a classifier file held in memory; `path` names it in errors.
 pub fn classifier_info(bytes: &[u8], path: &Path) -> Result<ClassifierInfo> {
-    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::file(path, format!("not a safetensors file ({e})")))?;
-    let json = md
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(CLASSIFIER_KEY))
-        .ok_or_else(|| Error::file(path, "no dsno-classifier metadata: not a feature classifier"))?;
-    serde_json::from_str(json)
+    let json = metadata_value(bytes, path, CLASSIFIER_KEY, "a feature classifier")?;
+    serde_json::from_str(&json)
         .map_err(|e| Error::file(path, format!("unreadable classifier metadata: {e}")))
 }

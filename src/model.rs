@@ -164,7 +164,11 @@ pub fn load_classifier(path: &Path, device: Device) -> Result<LoadedClassifier> 
 }
 
 /// Loads a feature classifier held in memory; `path` names it in errors.
-pub fn load_classifier_bytes(bytes: &[u8], path: &Path, device: Device) -> Result<LoadedClassifier> {
+pub fn load_classifier_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: Device,
+) -> Result<LoadedClassifier> {
     let info = checkpoint::classifier_info(bytes, path)?;
     let tensors = checkpoint::read_tensors(bytes, path)?;
     let mut vs = nn::VarStore::new(device);
@@ -180,7 +184,9 @@ pub fn load_classifier_bytes(bytes: &[u8], path: &Path, device: Device) -> Resul
 pub fn bundled_classifier(dataset: &str) -> Option<&'static [u8]> {
     match dataset {
         "mnist" => Some(include_bytes!("../models/mnist-classifier.safetensors")),
-        "fashion-mnist" => Some(include_bytes!("../models/fashion-mnist-classifier.safetensors")),
+        "fashion-mnist" => Some(include_bytes!(
+            "../models/fashion-mnist-classifier.safetensors"
+        )),
         _ => None,
     }
 }

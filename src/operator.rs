@@ -1,4 +1,4 @@
-//! The DSNO operator (docs/METHOD.md): the teacher's backbone with a TimeConv after every
+//! The DSNO operator (docs/METHOD.md §6): the teacher's backbone with a TimeConv after every
 //! non-resampling block, run on M time slots at once, and [`Generator`], the one-step
 //! generator type shared by DSNO and the knowledge-distillation (KD) baseline.
 //!
@@ -202,7 +202,12 @@ impl Generator {
     /// Creates the variables of a `method` generator under `p`: the backbone at `p` (named as
     /// the teacher's, so a teacher checkpoint initialises it) and, for DSNO, the TimeConv
     /// layers of [`Operator::new`].
-    pub fn new(p: &nn::Path, method: Method, cfg: &OperatorConfig, schedule: Schedule) -> Result<Self> {
+    pub fn new(
+        p: &nn::Path,
+        method: Method,
+        cfg: &OperatorConfig,
+        schedule: Schedule,
+    ) -> Result<Self> {
         Ok(match method {
             Method::Dsno => Generator::Dsno(Operator::new(p, cfg, schedule)?),
             Method::Kd => {

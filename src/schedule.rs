@@ -2,7 +2,7 @@
 //! `z_t = α_t·x + σ_t·ε`; time grids for the solvers; and the operator's output-time presets.
 //!
 //! Three families:
-//! - [`Schedule::VpCosine`]: the cosine log-SNR schedule of the DSNO teacher (METHOD.md §2),
+//! - [`Schedule::VpCosine`]: the cosine log-SNR schedule of the DSNO teacher (docs/METHOD.md §2),
 //!   `λ(t) = −2 ln tan(a·t + b)`, clipped to `[λ_min, λ_max]` through `a`, `b`. With
 //!   `θ = a·t + b` it is exactly `α = cos θ`, `σ = sin θ`.
 //! - [`Schedule::VpLinear`]: DDPM's linear β (Ho et al. 2020, β from 1e-4 to 0.02 over 1000
@@ -59,7 +59,7 @@ fn softplus(x: f64) -> f64 {
 }
 
 impl Schedule {
-    /// The DSNO teacher's schedule (METHOD.md §2): λ ∈ [−20, 20].
+    /// The DSNO teacher's schedule (docs/METHOD.md §2): λ ∈ [−20, 20].
     pub fn vp_cosine() -> Self {
         Schedule::VpCosine {
             lambda_min: -20.0,
@@ -202,38 +202,32 @@ impl Schedule {
         }
     }
 
-    /// `α_t`.
-    pub fn alpha(&self, t: f64) -> f64 {
+    /// `(α_t, σ_t)`.
+    pub fn alpha_sigma(&self, t: f64) -> (f64, f64) {
         match *self {
             Schedule::VpCosine {
                 lambda_min,
                 lambda_max,
             } => {
                 let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
-                (a * t + b).cos()
+                ((a * t + b).cos(), (a * t + b).sin())
             }
             Schedule::VpLinear { beta_min, beta_max } => {
-                (0.5 * Self::linear_log_alpha2(beta_min, beta_max, t)).exp()
+                let l = Self::linear_log_alpha2(beta_min, beta_max, t);
+                ((0.5 * l).exp(), (-l.exp_m1()).sqrt())
             }
-            Schedule::Edm { .. } => 1.0,
+            Schedule::Edm { .. } => (1.0, t),
         }
+    }
+
+    /// `α_t`.
+    pub fn alpha(&self, t: f64) -> f64 {
+        self.alpha_sigma(t).0
     }
 
     /// `σ_t`.
     pub fn sigma(&self, t: f64) -> f64 {
-        match *self {
-            Schedule::VpCosine {
-                lambda_min,
-                lambda_max,
-            } => {
-                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
-                (a * t + b).sin()
-            }
-            Schedule::VpLinear { beta_min, beta_max } => {
-                (-Self::linear_log_alpha2(beta_min, beta_max, t).exp_m1()).sqrt()
-            }
-            Schedule::Edm { .. } => t,
-        }
+        self.alpha_sigma(t).1
     }
 
     /// `d ln α / dt` (zero for EDM).
@@ -248,7 +242,7 @@ impl Schedule {
         }
     }
 
-    /// The network's time input of METHOD.md §2: `t_in = atan(e^{−λ/2}) / (π/2)` ∈ [0, 1].
+    /// The network's time input of docs/METHOD.md §2: `t_in = atan(e^{−λ/2}) / (π/2)` ∈ [0, 1].
     pub fn t_input(&self, t: f64) -> f64 {
         (-self.lambda(t) / 2.0).exp().atan() / std::f64::consts::FRAC_PI_2
     }

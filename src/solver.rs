@@ -5,7 +5,7 @@
 //! prediction `x̂` at every requested output time, plus the number of denoiser evaluations.
 //!
 //! The x̂ recorded at an output time `s` is the prediction made by the step that lands on `s`
-//! (METHOD.md §2: "the x̂ produced by the step (s + Δ → s) is the target for output time s"):
+//! (docs/METHOD.md §4: the x̂ of the step that lands on s is the target for s):
 //! - DDIM, DPM-Solver++(2M): the data prediction the step used (for 2M, its multistep
 //!   combination `D_i`);
 //! - Euler, Heun: their steps are not written through one prediction; we record the prediction
@@ -214,8 +214,8 @@ pub fn solve(
     };
     let end = match solver {
         Solver::Ddim => ddim(&counting, schedule, x_t, grid, &mut rec)?,
-        Solver::Euler => euler(&counting, schedule, x_t, grid, &mut rec)?,
-        Solver::Heun => heun(&counting, schedule, x_t, grid, &mut rec)?,
+        Solver::Euler => euler_or_heun(&counting, schedule, x_t, grid, &mut rec, false)?,
+        Solver::Heun => euler_or_heun(&counting, schedule, x_t, grid, &mut rec, true)?,
         Solver::DpmSolver2M => dpm_solver_2m(&counting, schedule, x_t, grid, &mut rec)?,
     };
     let z = rec
@@ -377,47 +377,31 @@ fn implied_x(sch: &Schedule, z_t: &Tensor, z_s: &Tensor, t: f64, s: f64) -> Tens
     (z_s - z_t * (s_s / s_t)) / (a_s * (1.0 - ratio))
 }
 
-/// Explicit Euler in t.
-fn euler(
+/// Explicit Euler in t (`heun` false), or Heun (EDM Algorithm 1: Euler predictor,
+/// trapezoidal corrector; plain Euler for the step onto the data end of the schedule (σ = 0,
+/// or t = 0 of the cosine schedule, where λ' is ~10⁴ and the corrector would amplify any error
+/// of the denoiser there).
+fn euler_or_heun(
     d: &Counting,
     sch: &Schedule,
     x_t: &Tensor,
     grid: &[f64],
     rec: &mut Recorder,
-) -> Result<Tensor> {
-    let mut z = x_t.shallow_clone();
-    for i in 0..grid.len() - 1 {
-        let (t, s) = (grid[i], grid[i + 1]);
-        let x = d.d(&z, t)?;
-        let z_next = &z + velocity(sch, &z, &x, t) * (s - t);
-        rec.land(i + 1, &z_next, &implied_x(sch, &z, &z_next, t, s));
-        z = z_next;
-    }
-    Ok(z)
-}
-
-/// Heun (EDM Algorithm 1): Euler predictor, trapezoidal corrector; plain Euler for the step
-/// onto the data end of the schedule (σ = 0, or t = 0 of the cosine schedule, where λ' is
-/// ~10⁴ and the corrector would amplify any error of the denoiser there).
-fn heun(
-    d: &Counting,
-    sch: &Schedule,
-    x_t: &Tensor,
-    grid: &[f64],
-    rec: &mut Recorder,
+    heun: bool,
 ) -> Result<Tensor> {
     let mut z = x_t.shallow_clone();
     for i in 0..grid.len() - 1 {
         let (t, s) = (grid[i], grid[i + 1]);
         let x = d.d(&z, t)?;
         let v1 = velocity(sch, &z, &x, t);
-        let euler = &z + &v1 * (s - t);
-        let z_next = if sch.sigma(s) == 0.0 || s <= sch.t_range().0 {
-            euler
-        } else {
+        let onto_data = sch.sigma(s) == 0.0 || s <= sch.t_range().0;
+        let z_next = if heun && !onto_data {
+            let euler = &z + &v1 * (s - t);
             let x2 = d.d(&euler, s)?;
             let v2 = velocity(sch, &euler, &x2, s);
             &z + (v1 + v2) * (0.5 * (s - t))
+        } else {
+            &z + v1 * (s - t)
         };
         rec.land(i + 1, &z_next, &implied_x(sch, &z, &z_next, t, s));
         z = z_next;

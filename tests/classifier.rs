@@ -1,12 +1,14 @@
 //! The feature classifier learns MNIST (a short run on a subset, as a smoke test of training).
+mod common;
+
 use dsno::data::{idx, to_unit_range};
-use dsno::nn::classifier::{accuracy, train, Classifier, Schedule};
-use std::path::Path;
+use dsno::nn::classifier::Classifier;
+use dsno::train::classifier::{accuracy, train, Schedule};
 use tch::{nn, Device, Kind};
 
 #[test]
 fn classifier_learns_mnist_digits() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    let dir = common::data_dir("mnist");
     let images = to_unit_range(&idx::load_images(&dir, idx::Split::Test).unwrap());
     let labels = idx::load_labels(&dir, idx::Split::Test).unwrap();
     let (tr_x, tr_y) = (images.narrow(0, 0, 6000), labels.narrow(0, 0, 6000));
@@ -25,6 +27,7 @@ fn classifier_learns_mnist_digits() {
             batch: 64,
             lr: 2e-3,
             seed: 0,
+            progress: false,
         },
     )
     .unwrap();

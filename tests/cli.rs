@@ -1,20 +1,20 @@
 //! The command line: every subcommand has help, bad input fails with a message naming it,
-//! sample writes a PNG.
-use dsno::image::Image;
+//! sample writes PNGs, trajectory strips and raw samples.
+mod common;
+
+use common::dsno;
+use dsno::model::Teacher;
+use dsno::nn::unet::UNetConfig;
+use dsno::nn::ModelConfig;
+use dsno::schedule::parse_output_times;
+use dsno::solver::Solver;
+use dsno::train::distill::{distill, DistillConfig};
+use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+use dsno::train::trajectories::{generate, GenerateOptions};
+use dsno::util::image::Image;
+use std::path::Path;
 use std::process::Command;
-
-fn dsno(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dsno"))
-        .args(args)
-        .output()
-        .expect("run dsno")
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dsno-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use tch::{Device, Kind, Tensor};
 
 #[test]
 fn every_subcommand_has_help() {
@@ -27,6 +27,7 @@ fn every_subcommand_has_help() {
         "bench",
         "export",
         "train-classifier",
+        "data",
     ] {
         let out = dsno(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");
@@ -39,7 +40,7 @@ fn every_subcommand_has_help() {
 
 #[test]
 fn toy_sample_writes_a_png_and_reports_nfe() {
-    let dir = tempdir("sample");
+    let dir = common::tempdir("toy-sample");
     let png = dir.join("toy.png");
     let out = dsno(&[
         "sample",
@@ -69,7 +70,7 @@ fn toy_sample_writes_a_png_and_reports_nfe() {
 
 #[test]
 fn sample_without_arguments_uses_the_bundled_mnist_model() {
-    let dir = tempdir("bundled");
+    let dir = common::tempdir("bundled-default");
     let out = Command::new(env!("CARGO_BIN_EXE_dsno"))
         .args(["sample", "--device", "cpu"])
         .current_dir(&dir)
@@ -116,7 +117,7 @@ fn keeping_freed_host_memory_changes_no_bits() {
     // samples, bit for bit; on glibc the allocator accepts the settings
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     assert!(dsno::device::keep_freed_host_memory());
-    let dir = tempdir("host-memory");
+    let dir = common::tempdir("host-memory");
     let mut files = vec![];
     for (name, flag) in [("kept", None), ("released", Some("--release-host-memory"))] {
         let raw = dir.join(format!("{name}.safetensors"));
@@ -152,7 +153,7 @@ fn keeping_freed_host_memory_changes_no_bits() {
 fn bad_arguments_fail_clearly() {
     for (args, msg) in [
         (vec!["sample", "--count", "0"], "--count"),
-        (vec!["sample", "--toy", "--solver", "rk4"], "unknown solver"),
+        (vec!["sample", "--toy", "--solver", "rk4"], "rk4"),
         (vec!["sample", "--solver", "ddim"], "one-step"),
         (vec!["sample", "--device", "tpu"], "unknown device"),
         (vec!["distill"], "required"),
@@ -215,4 +216,161 @@ fn bad_arguments_fail_clearly() {
         assert!(err.contains(msg), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn sample_writes_grids_and_trajectory_strips() {
+    let _s = common::serial();
+    let dir = common::tempdir("sample-strips");
+    // a tiny image teacher on random images, a store of 12, a DSNO student of 2 steps
+    let model = ModelConfig::Unet(UNetConfig {
+        channels: 8,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        num_heads: 1,
+        groups: 4,
+        dropout: 0.0,
+        ..UNetConfig::mnist()
+    });
+    let mut cfg =
+        TeacherConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mnist.toml"))
+            .unwrap();
+    cfg.model = model;
+    cfg.data = DataConfig::Idx {
+        name: "random".into(),
+    };
+    cfg.train.steps = 2;
+    cfg.train.batch_size = 4;
+    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    train(
+        &cfg,
+        images,
+        &common::run(&dir.join("teacher"), false),
+        None,
+    )
+    .unwrap();
+    let tpath = dir.join("teacher/model.safetensors");
+    let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
+    let o = GenerateOptions {
+        solver: Solver::DpmSolver2M,
+        steps: 4,
+        times: parse_output_times("quad:4").unwrap(),
+        count: 12,
+        seed: 3,
+        shard_size: 10,
+        batch: 7,
+        fp16: false,
+        part: (0, 1),
+        progress: false,
+    };
+    generate(&teacher, &tpath, &dir.join("store"), &o).unwrap();
+    let mut dcfg = DistillConfig::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
+    )
+    .unwrap();
+    dcfg.validation = 2;
+    dcfg.train.steps = 2;
+    dcfg.train.batch_size = 4;
+    distill(
+        &dcfg,
+        &tpath,
+        &dir.join("store"),
+        &common::run(&dir.join("dsno"), false),
+    )
+    .unwrap();
+    drop(_s);
+
+    let bin = env!("CARGO_BIN_EXE_dsno");
+    let run = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap()
+    };
+    let dsno_model = dir.join("dsno/model.safetensors");
+    let (grid, strip, raw) = (
+        dir.join("grid.png"),
+        dir.join("strip.png"),
+        dir.join("raw.safetensors"),
+    );
+    let out = run(&[
+        "sample",
+        "--model",
+        dsno_model.to_str().unwrap(),
+        "--count",
+        "10",
+        "--out",
+        grid.to_str().unwrap(),
+        "--trajectory",
+        strip.to_str().unwrap(),
+        "--safetensors",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NFE 1"));
+    // 10 samples → 4 columns × 3 rows of 28 px with 2 px borders
+    let g = dsno::util::image::Image::load_png(&grid).unwrap();
+    assert_eq!((g.width, g.height), (4 * 28 + 5 * 2, 3 * 28 + 4 * 2));
+    // the strip: one row per sample, one column per output time (M = 4)
+    let s = dsno::util::image::Image::load_png(&strip).unwrap();
+    assert_eq!((s.width, s.height), (4 * 28 + 5 * 2, 10 * 28 + 11 * 2));
+    let samples = Tensor::read_safetensors(&raw).unwrap();
+    assert_eq!(samples[0].1.size(), vec![10, 1, 28, 28]);
+
+    // a teacher without --solver, --count 0, a one-step model with --solver
+    for (args, msg) in [
+        (
+            vec!["sample", "--model", tpath.to_str().unwrap()],
+            "--solver",
+        ),
+        (
+            vec![
+                "sample",
+                "--model",
+                dsno_model.to_str().unwrap(),
+                "--count",
+                "0",
+            ],
+            "--count",
+        ),
+        (
+            vec![
+                "sample",
+                "--model",
+                dsno_model.to_str().unwrap(),
+                "--solver",
+                "ddim",
+            ],
+            "one-step",
+        ),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(msg) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    // the teacher with a solver works and reports its NFE
+    let out = run(&[
+        "sample",
+        "--model",
+        tpath.to_str().unwrap(),
+        "--solver",
+        "ddim",
+        "--steps",
+        "3",
+        "--count",
+        "4",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("NFE 3"));
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -2,6 +2,8 @@
 //! noise (the solver with the reference's own settings reproduces it bit for bit), more solver
 //! steps score better, the report files are written and read back; and the bundled models and
 //! classifiers meet their bars.
+mod common;
+
 use dsno::data::{idx, to_unit_range};
 use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, Report};
 use dsno::model::{OneStep, Teacher};
@@ -13,7 +15,7 @@ fn root() -> PathBuf {
 }
 
 fn data(name: &str) -> PathBuf {
-    root().join("../shared/data").join(name)
+    common::data_dir(name)
 }
 
 fn images(dir: &Path, split: idx::Split, n: i64) -> Tensor {
@@ -26,7 +28,8 @@ fn eval_scores_every_method_from_the_same_noise() {
     let teacher = Teacher::load(&m("mnist-teacher.safetensors"), Device::Cpu).unwrap();
     let dsno = OneStep::load(&m("mnist-dsno.safetensors"), Device::Cpu).unwrap();
     let kd = OneStep::load(&m("mnist-kd.safetensors"), Device::Cpu).unwrap();
-    let cls = dsno::nn::classifier::load(&m("mnist-classifier.safetensors"), Device::Cpu).unwrap();
+    let cls =
+        dsno::model::load_classifier(&m("mnist-classifier.safetensors"), Device::Cpu).unwrap();
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: "teacher".into(),
@@ -43,14 +46,17 @@ fn eval_scores_every_method_from_the_same_noise() {
         reference_steps: 8,
         ddim_steps: vec![1, 8],
         dpm_steps: vec![8],
-        kid_subsets: 10,
-        kid_subset_size: 40,
+        scores: dsno::eval::ScoreOptions {
+            kid_subsets: 10,
+            kid_subset_size: 40,
+            knn: 3,
+        },
         dpm_grid: dsno::solver::Grid::Default, // the reference's own grid
         progress: false,
         ..Default::default()
     };
     let (report, samples) = evaluate(&inputs, &o).unwrap();
-    let names: Vec<&str> = report.rows.iter().map(|r| r.method.as_str()).collect();
+    let names: Vec<&str> = report.rows.iter().map(|r| r.label.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -63,7 +69,7 @@ fn eval_scores_every_method_from_the_same_noise() {
             "real test images (floor)"
         ]
     );
-    let row = |n: &str| report.rows.iter().find(|r| r.method == n).unwrap();
+    let row = |n: &str| report.rows.iter().find(|r| r.label == n).unwrap();
     // the reference's own solver and steps, from the same noise: the same samples exactly
     assert_eq!(row("DPM-Solver++(2M) @ 8").mse, Some(0.0));
     assert_eq!(samples[0].1.size(), vec![48, 1, 28, 28]);
@@ -84,7 +90,7 @@ fn eval_scores_every_method_from_the_same_noise() {
     assert!(confident("real test images (floor)") > 0.9);
     assert!(confident("DDIM @ 1") < 0.5 * confident("real test images (floor)"));
     for r in &report.rows {
-        assert!(r.fd.is_finite() && r.fd >= 0.0, "{}: FD {}", r.method, r.fd);
+        assert!(r.fd.is_finite() && r.fd >= 0.0, "{}: FD {}", r.label, r.fd);
         assert!((0.0..=1.0).contains(&r.precision) && (0.0..=1.0).contains(&r.recall));
     }
     // the report files: read back
@@ -102,7 +108,7 @@ fn eval_scores_every_method_from_the_same_noise() {
         "samples-dsno-1.png",
         "samples-ddim-8.png",
     ] {
-        let img = dsno::image::Image::load_png(&dir.join(f)).unwrap();
+        let img = dsno::util::image::Image::load_png(&dir.join(f)).unwrap();
         assert!(img.width > 100, "{f}");
     }
     std::fs::remove_dir_all(dir).ok();
@@ -111,14 +117,14 @@ fn eval_scores_every_method_from_the_same_noise() {
 #[test]
 fn bundled_classifiers_meet_their_accuracy_and_label_one_step_samples() {
     for (name, min_acc) in [("mnist", 0.99), ("fashion-mnist", 0.90)] {
-        let cls = dsno::nn::classifier::load(
+        let cls = dsno::model::load_classifier(
             &root().join(format!("models/{name}-classifier.safetensors")),
             Device::Cpu,
         )
         .unwrap();
         let x = images(&data(name), idx::Split::Test, 10_000);
         let y = idx::load_labels(&data(name), idx::Split::Test).unwrap();
-        let acc = dsno::nn::classifier::accuracy(&cls.net, &x, &y);
+        let acc = dsno::train::classifier::accuracy(&cls.net, &x, &y);
         assert!(acc >= min_acc, "{name}: test accuracy {acc}");
         assert!(
             (acc - cls.info.test_accuracy).abs() < 1e-3,
@@ -129,7 +135,7 @@ fn bundled_classifiers_meet_their_accuracy_and_label_one_step_samples() {
     // 0.70, not the 0.80 first asked for: the bundled teacher itself reaches 0.789 on 512
     // samples (DSNO 0.758, KD 0.744, real test images 0.977; `tests/confidence.rs`), so 0.80
     // waits on a stronger teacher (docs/RESULTS.md §8).
-    let cls = dsno::nn::classifier::load(
+    let cls = dsno::model::load_classifier(
         &root().join("models/mnist-classifier.safetensors"),
         Device::Cpu,
     )

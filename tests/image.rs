@@ -1,5 +1,7 @@
 //! PNG grids: u8 mapping with rounding, tile layout, round trip through a file.
-use dsno::image::{grid, to_u8, Image};
+mod common;
+
+use dsno::util::image::{grid, to_u8, Image};
 use tch::{Kind, Tensor};
 
 #[test]

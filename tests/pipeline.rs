@@ -1,5 +1,6 @@
 //! The toy pipeline end to end: teacher → trajectories → DSNO and KD → one-step samples.
-use dsno::data::trajectories::{generate, trajectory_grid, GenerateOptions};
+mod common;
+
 use dsno::metrics::sliced_wasserstein;
 use dsno::model::{OneStep, Teacher};
 use dsno::rng::noise;
@@ -7,6 +8,7 @@ use dsno::schedule::parse_output_times;
 use dsno::solver::Solver;
 use dsno::train::distill::{distill, DistillConfig, Method};
 use dsno::train::teacher::{train, TeacherConfig};
+use dsno::train::trajectories::{generate, trajectory_grid, GenerateOptions};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -22,11 +24,8 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
     train(
         &cfg,
         cfg.data.load(None).unwrap(),
-        &dir.join("teacher"),
-        false,
+        &common::run(&dir.join("teacher"), false),
         None,
-        Device::Cpu,
-        false,
     )
     .unwrap();
     let tpath = dir.join("teacher/model.safetensors");
@@ -49,16 +48,7 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
     for method in [Method::Dsno, Method::Kd] {
         dcfg.method = method;
         let out = dir.join(format!("{method:?}"));
-        distill(
-            &dcfg,
-            &tpath,
-            &dir.join("traj"),
-            &out,
-            false,
-            Device::Cpu,
-            false,
-        )
-        .unwrap();
+        distill(&dcfg, &tpath, &dir.join("traj"), &common::run(&out, false)).unwrap();
     }
     // fresh noise (indices past the store), the teacher's own 32-step solve as the reference
     let schedule = teacher.schedule();

@@ -1,31 +1,17 @@
 //! Trajectory store: resume after a kill gives identical bytes, shards partition the indices,
-//! corrupt shards are regenerated, mismatched stores are rejected; distillation resumes exactly;
-//! `dsno sample` on one-step models.
+//! corrupt shards are regenerated, mismatched stores are rejected; distillation resumes exactly.
+mod common;
+
 use dsno::checkpoint;
-use dsno::data::trajectories::{generate, load_store, shard_path, GenerateOptions, Manifest};
+use dsno::data::store::{load_store, shard_path, Manifest};
 use dsno::model::Teacher;
-use dsno::nn::unet::UNetConfig;
-use dsno::nn::ModelConfig;
 use dsno::schedule::parse_output_times;
 use dsno::solver::Solver;
 use dsno::train::distill::{distill, DistillConfig, Method};
-use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+use dsno::train::teacher::{train, TeacherConfig};
+use dsno::train::trajectories::{generate, GenerateOptions};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use tch::{Device, Kind, Tensor};
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dsno-store-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use tch::{Device, Kind};
 
 /// A small toy teacher (40 steps) in `dir/teacher`.
 fn toy_teacher(dir: &Path) -> PathBuf {
@@ -36,11 +22,8 @@ fn toy_teacher(dir: &Path) -> PathBuf {
     train(
         &cfg,
         cfg.data.load(None).unwrap(),
-        &dir.join("teacher"),
-        false,
+        &common::run(&dir.join("teacher"), false),
         None,
-        Device::Cpu,
-        false,
     )
     .unwrap();
     dir.join("teacher/model.safetensors")
@@ -69,8 +52,8 @@ fn shard_bytes(dir: &Path, n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn resume_after_a_kill_gives_identical_bytes() {
-    let _s = serial();
-    let dir = tempdir("resume");
+    let _s = common::serial();
+    let dir = common::tempdir("resume");
     let tpath = toy_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     let a = dir.join("a");
@@ -89,7 +72,7 @@ fn resume_after_a_kill_gives_identical_bytes() {
     assert_eq!((s.kept, s.made), (2, 3));
     assert_eq!(s.regenerated.len(), 1);
     assert!(
-        s.regenerated[0].ends_with("traj-00002.safetensors"),
+        s.regenerated[0].contains("traj-00002.safetensors: corrupt shard"),
         "{:?}",
         s.regenerated
     );
@@ -105,8 +88,8 @@ fn resume_after_a_kill_gives_identical_bytes() {
 
 #[test]
 fn parts_cover_every_index_once_and_merge_by_copying() {
-    let _s = serial();
-    let dir = tempdir("parts");
+    let _s = common::serial();
+    let dir = common::tempdir("parts");
     let tpath = toy_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     let whole = dir.join("whole");
@@ -137,8 +120,8 @@ fn parts_cover_every_index_once_and_merge_by_copying() {
 
 #[test]
 fn mismatched_and_empty_stores_are_rejected() {
-    let _s = serial();
-    let dir = tempdir("mismatch");
+    let _s = common::serial();
+    let dir = common::tempdir("mismatch");
     let tpath = toy_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     let store = dir.join("store");
@@ -162,11 +145,8 @@ fn mismatched_and_empty_stores_are_rejected() {
     train(
         &cfg,
         cfg.data.load(None).unwrap(),
-        &dir.join("other"),
-        false,
+        &common::run(&dir.join("other"), false),
         None,
-        Device::Cpu,
-        false,
     )
     .unwrap();
     let mut dcfg = DistillConfig::load(
@@ -179,28 +159,17 @@ fn mismatched_and_empty_stores_are_rejected() {
         &dcfg,
         &dir.join("other/model.safetensors"),
         &store,
-        &dir.join("d"),
-        false,
-        Device::Cpu,
-        false,
+        &common::run(&dir.join("d"), false),
     )
     .err()
     .unwrap()
     .to_string();
     assert!(e.contains("another teacher"), "{e}");
     dcfg.times = Some(vec![0.75, 0.5, 0.25, 0.0]);
-    let e = distill(
-        &dcfg,
-        &tpath,
-        &store,
-        &dir.join("d"),
-        false,
-        Device::Cpu,
-        false,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = distill(&dcfg, &tpath, &store, &common::run(&dir.join("d"), false))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("output times"), "{e}");
     // an empty store (manifest with count 0) and a store with a missing shard
     let empty = dir.join("empty");
@@ -222,8 +191,8 @@ fn mismatched_and_empty_stores_are_rejected() {
 
 #[test]
 fn distillation_resume_gives_identical_weights() {
-    let _s = serial();
-    let dir = tempdir("distill-resume");
+    let _s = common::serial();
+    let dir = common::tempdir("distill-resume");
     let tpath = toy_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     generate(&teacher, &tpath, &dir.join("store"), &options(60, (0, 1))).unwrap();
@@ -240,39 +209,12 @@ fn distillation_resume_gives_identical_weights() {
         dcfg.method = method;
         dcfg.train.steps = 12;
         let a = dir.join(format!("{method:?}-a"));
-        distill(
-            &dcfg,
-            &tpath,
-            &dir.join("store"),
-            &a,
-            false,
-            Device::Cpu,
-            false,
-        )
-        .unwrap();
+        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&a, false)).unwrap();
         let b = dir.join(format!("{method:?}-b"));
         dcfg.train.steps = 6;
-        distill(
-            &dcfg,
-            &tpath,
-            &dir.join("store"),
-            &b,
-            false,
-            Device::Cpu,
-            false,
-        )
-        .unwrap();
+        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&b, false)).unwrap();
         dcfg.train.steps = 12;
-        distill(
-            &dcfg,
-            &tpath,
-            &dir.join("store"),
-            &b,
-            true,
-            Device::Cpu,
-            false,
-        )
-        .unwrap();
+        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&b, true)).unwrap();
         let (ca, cb) = (
             checkpoint::load(&a.join("ckpt.safetensors")).unwrap(),
             checkpoint::load(&b.join("ckpt.safetensors")).unwrap(),
@@ -285,158 +227,5 @@ fn distillation_resume_gives_identical_weights() {
             );
         }
     }
-    std::fs::remove_dir_all(dir).ok();
-}
-
-#[test]
-fn sample_writes_grids_and_trajectory_strips() {
-    let _s = serial();
-    let dir = tempdir("sample");
-    // a tiny image teacher on random images, a store of 12, a DSNO student of 2 steps
-    let model = ModelConfig::Unet(UNetConfig {
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![],
-        num_heads: 1,
-        groups: 4,
-        dropout: 0.0,
-        ..UNetConfig::mnist()
-    });
-    let mut cfg =
-        TeacherConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mnist.toml"))
-            .unwrap();
-    cfg.model = model;
-    cfg.data = DataConfig::Idx {
-        name: "random".into(),
-    };
-    cfg.train.steps = 2;
-    cfg.train.batch_size = 4;
-    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    train(
-        &cfg,
-        images,
-        &dir.join("teacher"),
-        false,
-        None,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
-    let tpath = dir.join("teacher/model.safetensors");
-    let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
-    let mut o = options(12, (0, 1));
-    o.steps = 4;
-    generate(&teacher, &tpath, &dir.join("store"), &o).unwrap();
-    let mut dcfg = DistillConfig::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
-    )
-    .unwrap();
-    dcfg.validation = 2;
-    dcfg.train.steps = 2;
-    dcfg.train.batch_size = 4;
-    distill(
-        &dcfg,
-        &tpath,
-        &dir.join("store"),
-        &dir.join("dsno"),
-        false,
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
-    drop(_s);
-
-    let bin = env!("CARGO_BIN_EXE_dsno");
-    let run = |args: &[&str]| {
-        Command::new(bin)
-            .args(args)
-            .args(["--device", "cpu"])
-            .output()
-            .unwrap()
-    };
-    let dsno_model = dir.join("dsno/model.safetensors");
-    let (grid, strip, raw) = (
-        dir.join("grid.png"),
-        dir.join("strip.png"),
-        dir.join("raw.safetensors"),
-    );
-    let out = run(&[
-        "sample",
-        "--model",
-        dsno_model.to_str().unwrap(),
-        "--count",
-        "10",
-        "--out",
-        grid.to_str().unwrap(),
-        "--trajectory",
-        strip.to_str().unwrap(),
-        "--safetensors",
-        raw.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("NFE 1"));
-    // 10 samples → 4 columns × 3 rows of 28 px with 2 px borders
-    let g = dsno::image::Image::load_png(&grid).unwrap();
-    assert_eq!((g.width, g.height), (4 * 28 + 5 * 2, 3 * 28 + 4 * 2));
-    // the strip: one row per sample, one column per output time (M = 4)
-    let s = dsno::image::Image::load_png(&strip).unwrap();
-    assert_eq!((s.width, s.height), (4 * 28 + 5 * 2, 10 * 28 + 11 * 2));
-    let samples = Tensor::read_safetensors(&raw).unwrap();
-    assert_eq!(samples[0].1.size(), vec![10, 1, 28, 28]);
-
-    // a teacher without --solver, --count 0, a one-step model with --solver
-    for (args, msg) in [
-        (
-            vec!["sample", "--model", tpath.to_str().unwrap()],
-            "--solver",
-        ),
-        (
-            vec![
-                "sample",
-                "--model",
-                dsno_model.to_str().unwrap(),
-                "--count",
-                "0",
-            ],
-            "--count",
-        ),
-        (
-            vec![
-                "sample",
-                "--model",
-                dsno_model.to_str().unwrap(),
-                "--solver",
-                "ddim",
-            ],
-            "one-step",
-        ),
-    ] {
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(msg) && !err.contains("panicked"),
-            "{args:?}: {err}"
-        );
-    }
-    // the teacher with a solver works and reports its NFE
-    let out = run(&[
-        "sample",
-        "--model",
-        tpath.to_str().unwrap(),
-        "--solver",
-        "ddim",
-        "--steps",
-        "3",
-        "--count",
-        "4",
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("NFE 3"));
     std::fs::remove_dir_all(dir).ok();
 }

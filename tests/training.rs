@@ -1,29 +1,15 @@
 //! Teacher training: it learns (toy data), resumes exactly, and fails clearly on bad input.
+mod common;
+
 use dsno::checkpoint;
-use dsno::data::idx;
 use dsno::denoiser::Denoiser;
 use dsno::metrics::sliced_wasserstein;
 use dsno::model::Teacher;
 use dsno::rng::noise;
 use dsno::solver::Solver;
 use dsno::train::teacher::{train, TeacherConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-/// Training seeds libtorch's global generator at every step; tests that train in this process
-/// take turns so that their random streams do not interleave.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dsno-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Trains on the CPU without a progress bar.
 fn fit(
@@ -33,7 +19,7 @@ fn fit(
     resume: bool,
     init: Option<&Path>,
 ) -> dsno::Result<dsno::train::Summary> {
-    train(cfg, data, dir, resume, init, Device::Cpu, false)
+    train(cfg, data, &common::run(dir, resume), init)
 }
 
 fn toy_config(steps: u64) -> TeacherConfig {
@@ -43,15 +29,11 @@ fn toy_config(steps: u64) -> TeacherConfig {
     cfg
 }
 
-fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
-
 #[test]
 fn toy_teacher_learns_the_distribution() {
-    let _serial = serial();
+    let _serial = common::serial();
     let cfg = toy_config(500);
-    let dir = tempdir("toy-teacher");
+    let dir = common::tempdir("toy-teacher");
     let data = cfg.data.load(None).unwrap();
     fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let teacher = Teacher::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
@@ -80,15 +62,15 @@ fn toy_teacher_learns_the_distribution() {
 
 #[test]
 fn resume_gives_identical_weights() {
-    let _serial = serial();
+    let _serial = common::serial();
     let mut cfg = toy_config(40);
     cfg.train.checkpoint_every = 20;
     cfg.train.log_every = 10;
     cfg.model.set_dropout(0.1); // dropout draws must also repeat
     let data = cfg.data.load(None).unwrap();
-    let straight = tempdir("resume-a");
+    let straight = common::tempdir("resume-a");
     fit(&cfg, data.shallow_clone(), &straight, false, None).unwrap();
-    let split = tempdir("resume-b");
+    let split = common::tempdir("resume-b");
     cfg.train.steps = 20;
     fit(&cfg, data.shallow_clone(), &split, false, None).unwrap();
     cfg.train.steps = 40;
@@ -128,11 +110,11 @@ fn resume_gives_identical_weights() {
 
 #[test]
 fn resume_with_a_different_config_is_refused() {
-    let _serial = serial();
+    let _serial = common::serial();
     let mut cfg = toy_config(5);
     cfg.train.checkpoint_every = 5;
     let data = cfg.data.load(None).unwrap();
-    let dir = tempdir("resume-mismatch");
+    let dir = common::tempdir("resume-mismatch");
     fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut other = cfg.clone();
@@ -162,11 +144,11 @@ fn resume_with_a_different_config_is_refused() {
 
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let _serial = serial();
+    let _serial = common::serial();
     let mut cfg = toy_config(4);
     cfg.train.checkpoint_every = 4;
     let data = cfg.data.load(None).unwrap();
-    let dir = tempdir("nan");
+    let dir = common::tempdir("nan");
     fit(&cfg, data.shallow_clone(), &dir, false, None).unwrap();
     let before = std::fs::read(dir.join("ckpt.safetensors")).unwrap();
     let mut bad = data.copy();
@@ -190,10 +172,10 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn a_checkpoint_missing_a_key_is_a_clear_error() {
-    let _serial = serial();
+    let _serial = common::serial();
     let mut cfg = toy_config(2);
     cfg.train.checkpoint_every = 2;
-    let dir = tempdir("missing-key");
+    let dir = common::tempdir("missing-key");
     fit(&cfg, cfg.data.load(None).unwrap(), &dir, false, None).unwrap();
     let path = dir.join("model.safetensors");
     let ck = checkpoint::load(&path).unwrap();
@@ -220,78 +202,14 @@ fn a_checkpoint_missing_a_key_is_a_clear_error() {
 }
 
 #[test]
-fn idx_reader_validates_its_input() {
-    let dir = tempdir("idx");
-    let mut good = vec![0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
-    good.extend(0u8..12);
-    let raw = dir.join("train-images-idx3-ubyte");
-    std::fs::write(&raw, &good).unwrap();
-    let a = idx::read(&raw).unwrap();
-    assert_eq!(a.dims, vec![2, 2, 3]);
-    assert_eq!(a.data, (0u8..12).collect::<Vec<_>>());
-    // gzipped: same content
-    let gz = dir.join("g.gz");
-    {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(
-            std::fs::File::create(&gz).unwrap(),
-            flate2::Compression::default(),
-        );
-        enc.write_all(&good).unwrap();
-        enc.finish().unwrap();
-    }
-    assert_eq!(idx::read(&gz).unwrap(), a);
-    // the folder loader finds the raw file
-    let imgs = idx::load_images(&dir, idx::Split::Train).unwrap();
-    assert_eq!(imgs.size(), vec![2, 1, 2, 3]);
-    for (bytes, what) in [
-        (good[..good.len() - 1].to_vec(), "truncated or corrupt"),
-        (good[..6].to_vec(), "truncated IDX header"),
-        (
-            [vec![0u8, 0, 9, 3], good[4..].to_vec()].concat(),
-            "not an IDX file",
-        ),
-        (
-            [vec![1u8, 2, 8, 3], good[4..].to_vec()].concat(),
-            "not an IDX file",
-        ),
-        (vec![0u8, 0], "truncated IDX file"),
-    ] {
-        let p = dir.join("bad");
-        std::fs::write(&p, &bytes).unwrap();
-        let e = idx::read(&p).unwrap_err().to_string();
-        assert!(e.contains(what) && e.contains("bad"), "{what}: {e}");
-    }
-    let e = idx::load_images(&dir.join("nowhere"), idx::Split::Test)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("t10k-images-idx3-ubyte"), "{e}");
-    std::fs::remove_dir_all(dir).ok();
-}
-
-#[test]
-fn reads_the_shared_mnist_and_fashion_mnist_test_sets() {
-    for name in ["mnist", "fashion-mnist"] {
-        let dir = shared_data().join(name);
-        let imgs = idx::load_images(&dir, idx::Split::Test).unwrap();
-        let labels = idx::load_labels(&dir, idx::Split::Test).unwrap();
-        assert_eq!(imgs.size(), vec![10000, 1, 28, 28]);
-        assert_eq!(labels.size(), vec![10000]);
-        assert_eq!(labels.max().int64_value(&[]), 9);
-        let x = dsno::data::to_unit_range(&imgs);
-        assert!(x.min().double_value(&[]) >= -1.0 && x.max().double_value(&[]) <= 1.0);
-    }
-}
-
-#[test]
 fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
-    let _serial = serial();
+    let _serial = common::serial();
     let mut cfg = toy_config(20);
     cfg.train.checkpoint_every = 20;
     cfg.train.warmup = 0;
     cfg.train.lr = 1e-2; // moves the weights well away from their initial values
     let data = cfg.data.load(None).unwrap();
-    let first = tempdir("init-first");
+    let first = common::tempdir("init-first");
     fit(&cfg, data.shallow_clone(), &first, false, None).unwrap();
     let trained = first.join("model.safetensors");
     let weights = |p: &Path| {
@@ -306,7 +224,7 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
     frozen.train.lr = 0.0;
     frozen.train.steps = 2;
     frozen.train.checkpoint_every = 2;
-    let second = tempdir("init-second");
+    let second = common::tempdir("init-second");
     fit(
         &frozen,
         data.shallow_clone(),
@@ -315,7 +233,7 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
         Some(&trained),
     )
     .unwrap();
-    let third = tempdir("init-none");
+    let third = common::tempdir("init-none");
     fit(&frozen, data.shallow_clone(), &third, false, None).unwrap();
     let (a, b, fresh) = (
         weights(&trained),
@@ -352,7 +270,7 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
     let e = fit(
         &other,
         data.shallow_clone(),
-        &tempdir("init-bad"),
+        &common::tempdir("init-bad"),
         false,
         Some(&trained),
     )

@@ -16,7 +16,6 @@
 //! `dsno data fetch <name>` writes to `<cache_dir()>/<name>`, where [`cache_dir`] is
 //! `$DSNO_DATA` if set, else the user cache, so a fetched data set is found without arguments.
 use crate::{Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, Write};
@@ -411,7 +410,7 @@ fn fetch_file(
 ) -> Result<FileReport> {
     let target = dir.join(f.name);
     let raw = dir.join(f.stem());
-    let tmp = crate::fsio::temp_path(&target);
+    let tmp = crate::util::fsio::temp_path(&target);
     remove_if_exists(&tmp)?; // a leftover of an interrupted fetch is never trusted
 
     // Readers pick a raw `<stem>` before `<stem>.gz`: check in that order, drop bad copies.
@@ -486,23 +485,7 @@ fn download(
         e => e.to_string(),
     })?;
     let expected = resp.body().content_length();
-    let bar = if progress {
-        let bar = match expected {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::no_length(),
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .expect("valid progress template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(f.name);
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::util::progress::bytes(progress, expected, f.name);
     let result = (|| {
         let mut out =
             File::create(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;

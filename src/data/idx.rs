@@ -109,29 +109,31 @@ impl Split {
     }
 }
 
-/// Loads the images of `split` from an MNIST-layout folder as u8 `[N, 1, H, W]`.
-pub fn load_images(dir: &Path, split: Split) -> Result<Tensor> {
-    let path = find(dir, &format!("{}-images-idx3-ubyte", split.prefix()))?;
+/// Reads `<prefix>-<what>-idx<dims>-ubyte[.gz]` of `split` and checks its dimension count.
+fn load(dir: &Path, split: Split, what: &str, dims: usize) -> Result<Idx> {
+    let path = find(dir, &format!("{}-{what}-idx{dims}-ubyte", split.prefix()))?;
     let idx = read(&path)?;
-    if idx.dims.len() != 3 {
+    if idx.dims.len() != dims {
         return Err(Error::file(
             &path,
-            format!("image file with {} dimensions (expected 3)", idx.dims.len()),
+            format!(
+                "{what} file with {} dimensions (expected {dims})",
+                idx.dims.len()
+            ),
         ));
     }
+    Ok(idx)
+}
+
+/// Loads the images of `split` from an MNIST-layout folder as u8 `[N, 1, H, W]`.
+pub fn load_images(dir: &Path, split: Split) -> Result<Tensor> {
+    let idx = load(dir, split, "images", 3)?;
     let (n, h, w) = (idx.dims[0] as i64, idx.dims[1] as i64, idx.dims[2] as i64);
     Ok(Tensor::from_slice(&idx.data).reshape([n, 1, h, w]))
 }
 
 /// Loads the labels of `split` as i64 `[N]`.
 pub fn load_labels(dir: &Path, split: Split) -> Result<Tensor> {
-    let path = find(dir, &format!("{}-labels-idx1-ubyte", split.prefix()))?;
-    let idx = read(&path)?;
-    if idx.dims.len() != 1 {
-        return Err(Error::file(
-            &path,
-            format!("label file with {} dimensions (expected 1)", idx.dims.len()),
-        ));
-    }
+    let idx = load(dir, split, "labels", 1)?;
     Ok(Tensor::from_slice(&idx.data).to_kind(tch::Kind::Int64))
 }

@@ -3,8 +3,8 @@
 //! and seeded, stateless batching ([`Batches`]).
 pub mod fetch;
 pub mod idx;
-pub mod toy2d;
 pub mod store;
+pub mod toy2d;
 
 use crate::rng::Rng;
 use tch::{Kind, Tensor};

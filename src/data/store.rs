@@ -1,4 +1,4 @@
-//! The trajectory store (docs/FORMATS.md): a folder of shards `traj-00000.safetensors`, … each holding
+//! The trajectory store (docs/FORMATS.md §5): a folder of shards `traj-00000.safetensors`, … each holding
 //! `x_T` `[n, …]`, `targets` `[n, M, …]` (the teacher's x̂ at the M output times), `lambdas`
 //! `[M]` and `indices` `[n]`, plus `manifest.json` (teacher hash, solver, steps, seed, times,
 //! shard size, count).

@@ -99,7 +99,9 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
         )));
     }
     if o.batch == 0 || o.reference_steps == 0 {
-        return Err(Error::invalid("the batch size and the reference steps must be at least 1"));
+        return Err(Error::invalid(
+            "the batch size and the reference steps must be at least 1",
+        ));
     }
     let shape = inp.teacher.meta.model.sample_shape();
     if shape != Classifier::INPUT_SHAPE {
@@ -112,12 +114,18 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
     for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
         if let Some((model, name)) = m {
             if model.meta.model.sample_shape() != shape {
-                return Err(Error::file(name, "this model's sample shape differs from the teacher's"));
+                return Err(Error::file(
+                    name,
+                    "this model's sample shape differs from the teacher's",
+                ));
             }
             if model.net.method() != method {
                 return Err(Error::file(
                     name,
-                    format!("a {} model where a {method} one was expected", model.net.method()),
+                    format!(
+                        "a {} model where a {method} one was expected",
+                        model.net.method()
+                    ),
                 ));
             }
         }
@@ -157,18 +165,27 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
     };
     let mut rows = vec![];
     let (solver, steps) = (Solver::DpmSolver2M, o.reference_steps);
-    rows.push(run(RowMethod::Reference { solver, steps }, &ode(solver, steps, Grid::Default))?);
+    rows.push(run(
+        RowMethod::Reference { solver, steps },
+        &ode(solver, steps, Grid::Default),
+    )?);
     for (solver, counts, grid) in [
         (Solver::Ddim, &o.ddim_steps, o.ddim_grid),
         (Solver::DpmSolver2M, &o.dpm_steps, o.dpm_grid),
     ] {
         for &steps in counts {
-            rows.push(run(RowMethod::Solver { solver, steps }, &ode(solver, steps, grid))?);
+            rows.push(run(
+                RowMethod::Solver { solver, steps },
+                &ode(solver, steps, grid),
+            )?);
         }
     }
     for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
         if let Some((model, _)) = m {
-            rows.push(run(RowMethod::OneStep { method }, &Sampler::OneStep(model))?);
+            rows.push(run(
+                RowMethod::OneStep { method },
+                &Sampler::OneStep(model),
+            )?);
         }
     }
     Ok(rows)
@@ -211,14 +228,21 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
     let methods = draw_all(inp, o)?;
     let reference = methods[0].1.samples.shallow_clone();
     let mut rows = vec![];
-    let pb = progress::samples(o.progress, methods.len() as u64 + 1, &format!("{:24}", "scoring"));
+    let pb = progress::samples(
+        o.progress,
+        methods.len() as u64 + 1,
+        &format!("{:24}", "scoring"),
+    );
     for (what, d) in &methods {
         let mut r = row(*what, scorer.score(&d.samples)?, o.count);
         r.nfe = Some(d.nfe);
         r.backbone_passes = Some(d.passes);
         r.wall_ms = Some(1e3 * d.seconds / o.count as f64);
         if !matches!(what, RowMethod::Reference { .. }) {
-            let mse = (&d.samples - &reference).square().mean(Kind::Double).double_value(&[]);
+            let mse = (&d.samples - &reference)
+                .square()
+                .mean(Kind::Double)
+                .double_value(&[]);
             r.mse = Some(mse);
             r.psnr = Some(10.0 * (4.0 / mse).log10());
         }
@@ -233,7 +257,10 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         setup: setup(inp, o, n_floor),
         rows,
     };
-    let samples = methods.into_iter().map(|(w, d)| (w.label(), d.samples)).collect();
+    let samples = methods
+        .into_iter()
+        .map(|(w, d)| (w.label(), d.samples))
+        .collect();
     Ok((report, samples))
 }
 

@@ -28,7 +28,9 @@ impl RowMethod {
     /// The display name, e.g. `DDIM @ 10`, `DSNO @ 1`.
     pub fn label(&self) -> String {
         match self {
-            RowMethod::Reference { solver, steps } => format!("teacher {} @ {steps}", solver.label()),
+            RowMethod::Reference { solver, steps } => {
+                format!("teacher {} @ {steps}", solver.label())
+            }
             RowMethod::Solver { solver, steps } => format!("{} @ {steps}", solver.label()),
             RowMethod::OneStep { method } => format!("{method} @ 1"),
             RowMethod::Floor => "real test images (floor)".into(),
@@ -261,7 +263,10 @@ impl Report {
             let q = d / w;
             out.push(format!(
                 "DSNO wall time / DPM-Solver++(2M)@10 wall time = {d:.3} / {w:.3} ms = {q:.2}{}",
-                against(t.map(|t| t.wall_ratio), t.is_some_and(|t| q <= t.wall_ratio))
+                against(
+                    t.map(|t| t.wall_ratio),
+                    t.is_some_and(|t| q <= t.wall_ratio)
+                )
             ));
         }
         out

@@ -98,7 +98,10 @@ pub struct DrawOptions {
 pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> {
     if o.warm_up {
         let n = o.batch.max(1).min(o.count) as u64;
-        let _ = sampler.run(&noise.of(0..n))?.samples.to_device(tch::Device::Cpu);
+        let _ = sampler
+            .run(&noise.of(0..n))?
+            .samples
+            .to_device(tch::Device::Cpu);
     }
     let bar = progress::samples(
         o.progress.is_some(),
@@ -107,15 +110,21 @@ pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> 
     );
     let start = Instant::now();
     let (mut nfe, mut passes) = (0, 0);
-    let out = sampling::batched(noise, 0..o.count as u64, o.batch, |n| bar.inc(n), |x| {
-        let b = sampler.run(x)?;
-        (nfe, passes) = (b.nfe, b.passes);
-        let mut v = vec![b.samples];
-        if o.keep_outputs {
-            v.extend(b.outputs);
-        }
-        Ok(v)
-    })?;
+    let out = sampling::batched(
+        noise,
+        0..o.count as u64,
+        o.batch,
+        |n| bar.inc(n),
+        |x| {
+            let b = sampler.run(x)?;
+            (nfe, passes) = (b.nfe, b.passes);
+            let mut v = vec![b.samples];
+            if o.keep_outputs {
+                v.extend(b.outputs);
+            }
+            Ok(v)
+        },
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mut out = out.into_iter();

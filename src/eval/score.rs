@@ -82,11 +82,13 @@ impl<'a> Scorer<'a> {
 /// Penultimate features (float64, CPU) of images in [-1, 1] (values outside are clamped).
 pub fn features(classifier: &Classifier, images: &Tensor) -> Tensor {
     classifier
-        .features_batched(&images.clamp(-1.0, 1.0).to_device(classifier.device()), 1000)
+        .features_batched(
+            &images.clamp(-1.0, 1.0).to_device(classifier.device()),
+            1000,
+        )
         .to_device(Device::Cpu)
         .to_kind(Kind::Double)
 }
-
 
 /// Sliced Wasserstein-2 distances of 2-D toy samples and of their initial noise to `n` fresh
 /// points of the toy distribution `name` (drawn with `seed`): `(samples, noise)`.

@@ -94,4 +94,3 @@ impl Classifier {
         Tensor::cat(&parts, 0)
     }
 }
-

@@ -1,4 +1,4 @@
-//! Time conditioning (METHOD.md §2): the network time `t_in = atan(e^{−λ/2})/(π/2)`, a
+//! Time conditioning (docs/METHOD.md §2): the network time `t_in = atan(e^{−λ/2})/(π/2)`, a
 //! sinusoidal embedding of `1000·t_in`, then Dense → SiLU → Dense.
 use tch::{nn, nn::Module, Kind, Tensor};
 

@@ -1,4 +1,4 @@
-//! TimeConv: DSNO's Fourier temporal convolution (METHOD.md §3), on `u` of shape
+//! TimeConv: DSNO's Fourier temporal convolution (docs/METHOD.md §6), on `u` of shape
 //! `[B, M, C, …]`:
 //!
 //! 1. `U = rfft(u)` along the M time slots;

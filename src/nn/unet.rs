@@ -1,4 +1,4 @@
-//! The teacher's U-Net (iDDPM / Progressive-Distillation style, METHOD.md §3).
+//! The teacher's U-Net (iDDPM / Progressive-Distillation style, docs/METHOD.md §6).
 //!
 //! ResBlocks with GroupNorm (eps 1e-6) + SiLU and FiLM time conditioning
 //! (`h = SiLU(GN(h)·(1 + scale) + shift)`), BigGAN-style resampling ResBlocks (nearest ×2 up,

@@ -248,7 +248,13 @@ pub fn distill(
     let device = run.device;
     let teacher = Teacher::load(teacher_path, Device::Cpu)?;
     let store = load_store(store_dir)?;
-    check_store(&store, store_dir, &teacher, teacher_path, cfg.times.as_deref())?;
+    check_store(
+        &store,
+        store_dir,
+        &teacher,
+        teacher_path,
+        cfg.times.as_deref(),
+    )?;
     let m = &store.manifest;
     let data = Split::new(&store, cfg.validation, device)?;
     let schedule = teacher.schedule();
@@ -290,7 +296,10 @@ pub fn distill(
     let log_every = cfg.train.log_every.max(1);
     r.run(run.resume, |step| {
         let ix = batches.get(step);
-        let (x, y) = (data.x_train.index_select(0, &ix), data.y_train.index_select(0, &ix));
+        let (x, y) = (
+            data.x_train.index_select(0, &ix),
+            data.y_train.index_select(0, &ix),
+        );
         let pt = obj.per_time(&student.forward(&x, true), &y); // [B, M']
         let mut extra: Vec<f64> =
             Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;

@@ -73,7 +73,9 @@ pub fn generate(
     o: &GenerateOptions,
 ) -> Result<GenerateSummary> {
     if o.count == 0 {
-        return Err(Error::invalid("the number of trajectories must be at least 1"));
+        return Err(Error::invalid(
+            "the number of trajectories must be at least 1",
+        ));
     }
     if o.shard_size == 0 || o.batch == 0 {
         return Err(Error::invalid("shard size and batch must be at least 1"));
@@ -181,4 +183,3 @@ pub fn generate(
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
-

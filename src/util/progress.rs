@@ -34,3 +34,23 @@ pub fn samples(show: bool, total: u64, label: &str) -> ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+/// A bar over a download of `total` bytes (unknown: a spinner), labelled `label`.
+pub fn bytes(show: bool, total: Option<u64>, label: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}

@@ -29,7 +29,11 @@ enum Action {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let Action::Fetch { dataset, dir, mirror } = a.action;
+    let Action::Fetch {
+        dataset,
+        dir,
+        mirror,
+    } = a.action;
     let root = dir.or_else(cache_dir).ok_or_else(|| {
         anyhow::anyhow!("no folder to fetch into: give --dir, or set DSNO_DATA or HOME")
     })?;

@@ -41,12 +41,12 @@ pub struct Args {
     /// Steps of the reference DPM-Solver++(2M) solve.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     reference_steps: u64,
-    /// DDIM step counts, comma-separated.
-    #[arg(long, default_value = "1,2,4,10,20", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
-    ddim: Vec<u64>,
-    /// DPM-Solver++(2M) step counts, comma-separated.
-    #[arg(long, default_value = "2,4,10,20", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
-    dpm: Vec<u64>,
+    /// DDIM step counts, comma-separated ("" for none).
+    #[arg(long, default_value = "1,2,4,10,20", value_parser = parse_steps)]
+    ddim: Steps,
+    /// DPM-Solver++(2M) step counts, comma-separated ("" for none).
+    #[arg(long, default_value = "2,4,10,20", value_parser = parse_steps)]
+    dpm: Steps,
     /// Step grid of the DDIM rows.
     #[arg(long, value_enum, default_value = "default")]
     ddim_grid: Grid,
@@ -70,18 +70,29 @@ fn one_step(path: &Option<PathBuf>, device: Device) -> Result<Option<(OneStep, S
     path.as_ref().map(load).transpose()
 }
 
-fn classifier(a: &Args, dataset: &str, device: Device) -> Result<(model::LoadedClassifier, String)> {
+fn classifier(
+    a: &Args,
+    dataset: &str,
+    device: Device,
+) -> Result<(model::LoadedClassifier, String)> {
     let c = match &a.classifier {
         Some(p) => (model::load_classifier(p, device)?, p.display().to_string()),
         None => {
-            let bytes = model::bundled_classifier(dataset)
-                .with_context(|| format!("no bundled classifier for `{dataset}`: give --classifier"))?;
+            let bytes = model::bundled_classifier(dataset).with_context(|| {
+                format!("no bundled classifier for `{dataset}`: give --classifier")
+            })?;
             let name = format!("bundled {dataset} classifier");
-            (model::load_classifier_bytes(bytes, Path::new(&name), device)?, name)
+            (
+                model::load_classifier_bytes(bytes, Path::new(&name), device)?,
+                name,
+            )
         }
     };
     if c.0.info.dataset != dataset {
-        eprintln!("warning: the classifier {} was trained on {}, the teacher on {dataset}", c.1, c.0.info.dataset);
+        eprintln!(
+            "warning: the classifier {} was trained on {}, the teacher on {dataset}",
+            c.1, c.0.info.dataset
+        );
     }
     Ok(c)
 }
@@ -91,36 +102,72 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
     let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;
     let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
-    let images = |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
+    let images =
+        |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: a.teacher.display().to_string(),
         dsno: dsno_m.as_ref().map(|(m, n)| (m, n.clone())),
         kd: kd_m.as_ref().map(|(m, n)| (m, n.clone())),
         classifier: &cls.net,
-        classifier_name: format!("{cls_name} ({}, test accuracy {:.2} %)", cls.info.dataset, 100.0 * cls.info.test_accuracy),
+        classifier_name: format!(
+            "{cls_name} ({}, test accuracy {:.2} %)",
+            cls.info.dataset,
+            100.0 * cls.info.test_accuracy
+        ),
         train_images: images(idx::Split::Train)?,
         test_images: images(idx::Split::Test)?,
     };
-    let steps = |v: &[u64]| v.iter().map(|&s| s as usize).collect();
-    let o = EvalOptions {
+    println!(
+        "eval: {} samples per method, batch {}, on {}",
+        a.count,
+        a.batch,
+        describe(device)
+    );
+    let start = Instant::now();
+    let (report, samples) = evaluate(&inputs, &options(&a))?;
+    write_report(&a.out, &report, &samples)?;
+    print!("{}", report.table());
+    report.targets().iter().for_each(|t| println!("{t}"));
+    println!(
+        "{:.1} s → {}",
+        start.elapsed().as_secs_f64(),
+        a.out.join("report.md").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(a: &Args) -> EvalOptions {
+    EvalOptions {
         count: a.count,
         batch: a.batch as usize,
         seed: a.seed,
         reference_steps: a.reference_steps as usize,
-        ddim_steps: steps(&a.ddim),
-        dpm_steps: steps(&a.dpm),
+        ddim_steps: a.ddim.0.clone(),
+        dpm_steps: a.dpm.0.clone(),
         ddim_grid: a.ddim_grid,
         dpm_grid: a.dpm_grid,
-        targets: Some(Targets { fd_ratio: a.target_fd_ratio, wall_ratio: a.target_wall_ratio }),
+        targets: Some(Targets {
+            fd_ratio: a.target_fd_ratio,
+            wall_ratio: a.target_wall_ratio,
+        }),
         ..Default::default()
-    };
-    println!("eval: {} samples per method, batch {}, on {}", a.count, a.batch, describe(device));
-    let start = Instant::now();
-    let (report, samples) = evaluate(&inputs, &o)?;
-    write_report(&a.out, &report, &samples)?;
-    print!("{}", report.table());
-    report.targets().iter().for_each(|t| println!("{t}"));
-    println!("{:.1} s → {}", start.elapsed().as_secs_f64(), a.out.join("report.md").display());
-    Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Step counts separated by commas; empty for none.
+#[derive(Debug, Clone)]
+struct Steps(Vec<usize>);
+
+fn parse_steps(s: &str) -> Result<Steps, String> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| match x.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "`{x}`: expected positive step counts separated by commas"
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Steps)
 }

@@ -84,13 +84,21 @@ fn options(a: &Args, default_count: u64) -> DrawOptions {
 
 fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     let Some(solver) = a.solver else {
-        bail!("{} is a teacher (a diffusion model): sample it with --solver and --steps", path.display());
+        bail!(
+            "{} is a teacher (a diffusion model): sample it with --solver and --steps",
+            path.display()
+        );
     };
     let teacher = Teacher::load(path, device)?;
     let schedule = teacher.schedule();
     let grid = a.grid.make(solver, &schedule, a.steps as usize);
     let noise = Noise::at_t_max(a.seed, teacher.meta.model.sample_shape(), &schedule, device);
-    let sampler = Sampler::Ode { denoiser: &teacher, schedule, solver, grid };
+    let sampler = Sampler::Ode {
+        denoiser: &teacher,
+        schedule,
+        solver,
+        grid,
+    };
     let d = draw(&sampler, &noise, &options(a, 64))?;
     if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
         let x_t = noise.of(0..d.samples.size()[0] as u64);
@@ -100,20 +108,39 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     write(a, &d.samples, None)?;
     println!(
         "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
-        path.display(), teacher.meta.dataset, solver.name(), a.steps, d.samples.size()[0],
-        describe(device), d.nfe, d.seconds, a.out.display()
+        path.display(),
+        teacher.meta.dataset,
+        solver.name(),
+        a.steps,
+        d.samples.size()[0],
+        describe(device),
+        d.nfe,
+        d.seconds,
+        a.out.display()
     );
     Ok(())
 }
 
 fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
     if a.solver.is_some() {
-        bail!("{} is a one-step model: --solver does not apply", path.display());
+        bail!(
+            "{} is a one-step model: --solver does not apply",
+            path.display()
+        );
     }
     let device = model.device();
-    let noise = Noise::at_t_max(a.seed, model.meta.model.sample_shape(), &model.meta.schedule, device);
+    let noise = Noise::at_t_max(
+        a.seed,
+        model.meta.model.sample_shape(),
+        &model.meta.schedule,
+        device,
+    );
     let d = draw(&Sampler::OneStep(model), &noise, &options(a, 64))?;
-    write(a, &d.samples, d.outputs.as_ref().map(|o| (o, model.slots())))?;
+    write(
+        a,
+        &d.samples,
+        d.outputs.as_ref().map(|o| (o, model.slots())),
+    )?;
     println!(
         "{} model {} ({}), {} samples on {}: NFE 1 (one forward pass over {} time slots), {:.3} s → {}",
         model.net.method(), path.display(), model.meta.dataset, d.samples.size()[0],
@@ -127,9 +154,24 @@ fn toy(a: &Args, device: Device) -> Result<()> {
     let schedule = Schedule::preset(a.schedule);
     let den = MixtureDenoiser::eight_gaussians(2.0, 0.05, schedule).to_device(device);
     let grid = a.grid.make(solver, &schedule, a.steps as usize);
-    let noise = Noise { kind: Kind::Double, ..Noise::at_t_max(a.seed, vec![2], &schedule, device) };
-    let sampler = Sampler::Ode { denoiser: &den, schedule, solver, grid };
-    let d = draw(&sampler, &noise, &DrawOptions { batch: usize::MAX, ..options(a, 2000) })?;
+    let noise = Noise {
+        kind: Kind::Double,
+        ..Noise::at_t_max(a.seed, vec![2], &schedule, device)
+    };
+    let sampler = Sampler::Ode {
+        denoiser: &den,
+        schedule,
+        solver,
+        grid,
+    };
+    let d = draw(
+        &sampler,
+        &noise,
+        &DrawOptions {
+            batch: usize::MAX,
+            ..options(a, 2000)
+        },
+    )?;
     write(a, &d.samples, None)?;
     println!(
         "toy model (8 Gaussians, exact denoiser), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
@@ -140,7 +182,9 @@ fn toy(a: &Args, device: Device) -> Result<()> {
 
 /// Writes the PNG, and the trajectory strip and raw samples when asked for.
 fn write(a: &Args, samples: &tch::Tensor, outputs: Option<(&tch::Tensor, i64)>) -> Result<()> {
-    image::preview(samples)?.save_png(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    image::preview(samples)?
+        .save_png(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(p) = &a.trajectory {
         let Some((traj, m)) = outputs.filter(|_| samples.dim() > 2) else {
             bail!("--trajectory draws one row of images per sample from a one-step image model");

@@ -45,7 +45,13 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     );
     let (steps, batch, lr, seed) = (a.steps, a.batch, a.lr, a.seed);
     let start = Instant::now();
-    let schedule = Schedule { steps, batch, lr, seed, progress: true };
+    let schedule = Schedule {
+        steps,
+        batch,
+        lr,
+        seed,
+        progress: true,
+    };
     let t = fit(&dir, schedule, device)?;
     let info = ClassifierInfo {
         dataset: a.name.clone(),

@@ -1,0 +1,59 @@
+//! Set-up shared by the integration tests: temporary folders, the lock that serialises tests
+//! which seed libtorch's global generator, where the data sets are, training options, and the
+//! `dsno` binary.
+#![allow(dead_code)] // each test file uses part of this module
+
+use dsno::train::RunOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh, empty folder for test `name` (unique per test process).
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dsno-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Training seeds libtorch's global generator at every step; tests that train in one process
+/// take turns through this lock so that their random streams do not interleave.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The folder of data set `name` (`mnist`, `fashion-mnist`): `$DSNO_DATA/<name>` or the user
+/// cache, as `dsno` resolves it. `scripts/test.sh` sets `DSNO_DATA` or fetches the data first.
+pub fn data_dir(name: &str) -> PathBuf {
+    dsno::data::fetch::locate(name, None).unwrap_or_else(|e| {
+        panic!("{e}\n(the tests need the data sets: run scripts/test.sh, which fetches them)")
+    })
+}
+
+/// Training options: the CPU, no progress bar, output in `out`.
+pub fn run(out: &Path, resume: bool) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        resume,
+        ..Default::default()
+    }
+}
+
+/// Runs the `dsno` binary.
+pub fn dsno(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dsno"))
+        .args(args)
+        .output()
+        .expect("run dsno")
+}
+
+/// A model file of the repository's `models/`.
+pub fn model(name: &str) -> PathBuf {
+    root().join("models").join(name)
+}
