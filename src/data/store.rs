@@ -51,8 +51,13 @@ impl Manifest {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::file(&path, format!("cannot read the trajectory manifest: {e}")))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::file(&path, format!("bad trajectory manifest: {e}")))
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and checks manifest text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("bad trajectory manifest: {e}")))
     }
 }
 
@@ -75,13 +80,19 @@ pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
     let path = shard_path(dir, j);
     let bytes =
         std::fs::read(&path).map_err(|e| Error::file(&path, format!("cannot read shard: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(&path, format!("corrupt shard ({e})")))?;
+    parse_shard(&bytes, &path, m, j)
+}
+
+/// Parses the bytes of shard `j` and checks them against the manifest; `path` names it in
+/// errors.
+pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<Shard> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::file(path, format!("corrupt shard ({e})")))?;
     let get = |name: &str| -> Result<Tensor> {
         let v = st
             .tensor(name)
-            .map_err(|_| Error::file(&path, format!("shard has no `{name}`")))?;
-        crate::checkpoint::tensor_of(&v, name, &path)
+            .map_err(|_| Error::file(path, format!("shard has no `{name}`")))?;
+        crate::checkpoint::tensor_of(&v, name, path)
     };
     let shard = Shard {
         x_t: get("x_T")?,

@@ -60,7 +60,12 @@ impl DistillConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        toml::from_str(&text)
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and checks a TOML config; errors name the file.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text)
             .map_err(|e| Error::file(path, format!("bad distillation config: {e}")))
     }
 }
