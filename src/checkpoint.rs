@@ -12,7 +12,7 @@ use crate::util::fsio::write_atomic;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -138,29 +138,88 @@ pub fn save(
 ) -> Result<()> {
     let json = serde_json::to_string(meta)
         .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
-    let info = HashMap::from([
+    let info = BTreeMap::from([
         ("dsno".to_string(), json),
         ("format".to_string(), "dsno-checkpoint-1".to_string()),
     ]);
     write_safetensors(path, tensors, store, info)
 }
 
+/// The metadata key of the SHA-256 of a file's tensor data, written into every safetensors file
+/// dsno writes and verified on load where present.
+pub const CHECKSUM_KEY: &str = "sha256";
+
 /// Serialises `tensors` (floating ones stored as `store` if given) with the metadata `info` and
 /// writes `path` atomically.
+///
+/// The bytes are a function of the content alone: tensors in name order, the header's JSON keys
+/// sorted, and the metadata completed with [`CHECKSUM_KEY`], the SHA-256 of the data section.
 pub(crate) fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     store: Option<Kind>,
-    info: HashMap<String, String>,
+    info: BTreeMap<String, String>,
 ) -> Result<()> {
-    let raws: Vec<(String, Raw)> = tensors
+    let mut raws: Vec<(String, Raw)> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
         .collect::<Result<_>>()?;
-    let info = (!info.is_empty()).then_some(info);
-    let bytes = safetensors::serialize(raws.iter().map(|(n, r)| (n.as_str(), r)), info)
-        .map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    raws.sort_by(|a, b| a.0.cmp(&b.0));
+    write_atomic(path, &serialize(&raws, info))
+}
+
+/// The safetensors bytes of `raws` (in the given order) with metadata `info` and its checksum.
+fn serialize(raws: &[(String, Raw)], mut info: BTreeMap<String, String>) -> Vec<u8> {
+    use sha2::Digest;
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::with_capacity(raws.iter().map(|r| r.1.data.len()).sum());
+    let mut entries = BTreeMap::new();
+    for (name, r) in raws {
+        let begin = data.len();
+        data.extend_from_slice(&r.data);
+        entries.insert(
+            name.clone(),
+            serde_json::json!({
+                "dtype": r.dtype,
+                "shape": r.shape,
+                "data_offsets": [begin, data.len()],
+            }),
+        );
+    }
+    info.insert(CHECKSUM_KEY.to_string(), hex(&sha2::Sha256::digest(&data)));
+    header.insert("__metadata__".to_string(), serde_json::json!(info));
+    header.extend(entries);
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON of strings");
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&data);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verifies the [`CHECKSUM_KEY`] of a safetensors file held in memory against its data section
+/// (files without one, written before dsno recorded checksums, pass).
+pub(crate) fn verify_checksum(bytes: &[u8], path: &Path) -> Result<()> {
+    use sha2::Digest;
+    let (n, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("corrupt or not a safetensors file ({e})")))?;
+    let Some(want) = md.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) else {
+        return Ok(());
+    };
+    let data = bytes.get(8 + n..).unwrap_or_default();
+    let got = hex(&sha2::Sha256::digest(data));
+    if &got != want {
+        return Err(Error::file(
+            path,
+            format!("checksum mismatch: the tensor data hashes to {got}, the file records {want} (the file is corrupt)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint (tensors on the CPU, in their stored kind).
@@ -235,6 +294,7 @@ fn metadata_value(bytes: &[u8], path: &Path, key: &str, what: &str) -> Result<St
 /// Every tensor of a safetensors file held in memory (CPU, stored kind); `path` names it in
 /// errors.
 pub(crate) fn read_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    verify_checksum(bytes, path)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("corrupt safetensors data ({e})")))?;
     let mut tensors = BTreeMap::new();
@@ -320,7 +380,8 @@ pub(crate) fn copy_into(
     Ok(())
 }
 
-/// A tensor from a safetensors view; `name` and `path` name it in errors.
+/// A tensor from a safetensors view; `name` and `path` name it in errors. Floating tensors must
+/// be finite: a NaN or Inf read from a file is an error naming the tensor.
 pub(crate) fn tensor_of(
     view: &safetensors::tensor::TensorView<'_>,
     name: &str,
@@ -333,7 +394,20 @@ pub(crate) fn tensor_of(
         )
     })?;
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+    let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+    if t.is_floating_point() {
+        let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+        if bad > 0 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` holds {bad} non-finite values (NaN or Inf) of {}",
+                    t.numel()
+                ),
+            ));
+        }
+    }
+    Ok(t)
 }
 
 /// The variables of `vs` as `(prefix + name, tensor)` pairs, sorted by name.
@@ -360,7 +434,7 @@ pub fn file_hash(path: &Path) -> Result<String> {
 
 /// Writes plain tensors (e.g. raw samples) as a safetensors file without metadata, atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    write_safetensors(path, tensors, None, HashMap::new())
+    write_safetensors(path, tensors, None, BTreeMap::new())
 }
 
 /// What a saved feature classifier was trained on and how well it does (safetensors metadata
@@ -387,7 +461,7 @@ pub fn save_classifier(
     info: &ClassifierInfo,
 ) -> Result<()> {
     let json = serde_json::to_string(info).map_err(|e| Error::invalid(e.to_string()))?;
-    let meta = HashMap::from([(CLASSIFIER_KEY.to_string(), json)]);
+    let meta = BTreeMap::from([(CLASSIFIER_KEY.to_string(), json)]);
     write_safetensors(path, tensors, Some(Kind::Float), meta)
 }
 

@@ -72,7 +72,7 @@ fn resume_after_a_kill_gives_identical_bytes() {
     assert_eq!((s.kept, s.made), (2, 3));
     assert_eq!(s.regenerated.len(), 1);
     assert!(
-        s.regenerated[0].contains("traj-00002.safetensors: corrupt shard"),
+        s.regenerated[0].contains("traj-00002.safetensors: corrupt"),
         "{:?}",
         s.regenerated
     );

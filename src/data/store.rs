@@ -6,10 +6,8 @@
 //! This module is the format only: reading and checking shards and the manifest, writing a
 //! shard. Making a store is `crate::train::trajectories`.
 use crate::solver::Solver;
-use crate::util::fsio::write_atomic;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
@@ -86,6 +84,7 @@ pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
 /// Parses the bytes of shard `j` and checks them against the manifest; `path` names it in
 /// errors.
 pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<Shard> {
+    crate::checkpoint::verify_checksum(bytes, path)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("corrupt shard ({e})")))?;
     let get = |name: &str| -> Result<Tensor> {
@@ -125,21 +124,16 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     Ok(shard)
 }
 
-/// Writes a shard atomically.
+/// Writes a shard atomically (with the checksum of its data in its metadata).
 pub fn save_shard(path: &Path, s: &Shard) -> Result<()> {
-    use crate::checkpoint::raw;
-    let raws = [
-        ("indices", raw(&s.indices, None)?),
-        ("lambdas", raw(&s.lambdas, None)?),
-        ("targets", raw(&s.targets, None)?),
-        ("x_T", raw(&s.x_t, None)?),
-    ];
-    let bytes = safetensors::serialize(
-        raws.iter().map(|(n, r)| (*n, r)),
-        None::<HashMap<String, String>>,
-    )
-    .map_err(|e| Error::file(path, format!("cannot serialise shard: {e}")))?;
-    write_atomic(path, &bytes)
+    let tensors = [
+        ("indices", &s.indices),
+        ("lambdas", &s.lambdas),
+        ("targets", &s.targets),
+        ("x_T", &s.x_t),
+    ]
+    .map(|(n, t)| (n.to_string(), t.shallow_clone()));
+    crate::checkpoint::write_safetensors(path, &tensors, None, Default::default())
 }
 
 /// A whole store in memory: `x_T` `[K, …]`, `targets` `[K, M, …]` (float32, CPU).

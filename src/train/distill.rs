@@ -65,8 +65,7 @@ impl DistillConfig {
 
     /// Parses and checks a TOML config; errors name the file.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text)
-            .map_err(|e| Error::file(path, format!("bad distillation config: {e}")))
+        toml::from_str(text).map_err(|e| Error::file(path, format!("bad distillation config: {e}")))
     }
 }
 
