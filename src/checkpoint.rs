@@ -6,7 +6,9 @@
 //! Tensor names: the model's own variable names hold the weights to sample with (the EMA);
 //! training checkpoints add `train/params/<name>`, `train/adam_m/<name>`, `train/adam_v/<name>`.
 //! Writes are atomic (temporary name, then rename).
+use crate::error::check_range;
 use crate::nn::ModelConfig;
+use crate::schedule::check_output_times;
 use crate::schedule::Schedule;
 use crate::util::fsio::write_atomic;
 use crate::{Error, Result};
@@ -275,8 +277,32 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
 const MAX_HEADER: u64 = 100_000_000;
 
 fn parse_meta(json: &str, path: &Path) -> Result<CheckpointMeta> {
-    serde_json::from_str(json)
-        .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))
+    let meta: CheckpointMeta = serde_json::from_str(json)
+        .map_err(|e| Error::file(path, format!("unreadable dsno metadata: {e}")))?;
+    meta.validate().map_err(|e| e.in_file(path))?;
+    Ok(meta)
+}
+
+impl CheckpointMeta {
+    /// Checks every field against its documented range (docs/FORMATS.md §10): the model and
+    /// schedule; an operator's output times and TimeConv modes.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.schedule.validate()?;
+        if let Some(t) = &self.times {
+            check_output_times("field `times`", t)?;
+        }
+        let m = self.times.as_ref().map_or(0, |t| t.len());
+        if let Some(k) = self.modes {
+            check_range("modes", k, 1, (m / 2 + 1) as i64)?;
+        }
+        if self.kind == ModelKind::Dsno && (self.times.is_none() || self.modes.is_none()) {
+            return Err(Error::invalid(
+                "a DSNO checkpoint needs the fields `times` and `modes`",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The metadata value `key` of a safetensors file held in memory; `what` names what a file

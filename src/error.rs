@@ -20,6 +20,14 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
     }
+    /// This error as one about `path`: an invalid value read from that file names it.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Invalid(msg) => Error::file(path, msg),
+            e => e,
+        }
+    }
+
     /// An [`Error::File`] for `path`.
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::File {
@@ -31,3 +39,36 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks that `value` of the configuration or metadata field `field` lies in `[lo, hi]`; the
+/// error names the field, the value and the range (NaN is outside every range).
+pub fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<()> {
+    if lo <= value && value <= hi {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "field `{field}` = {value}: must be in [{lo}, {hi}]"
+        )))
+    }
+}
+
+/// Checks a field against a condition described by `range` (e.g. "in (0, 1]").
+pub fn check_field(
+    field: &str,
+    value: impl std::fmt::Display,
+    ok: bool,
+    range: &str,
+) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "field `{field}` = {value}: must be {range}"
+        )))
+    }
+}

@@ -3,7 +3,7 @@
 //! so the result does not depend on the batch size or on which items a call covers.
 use crate::rng::noise;
 use crate::schedule::Schedule;
-use crate::Result;
+use crate::{Error, Result};
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
@@ -38,8 +38,25 @@ impl Noise {
     }
 }
 
+/// A generated batch must be finite: a model with broken weights or an unstable solve gives
+/// NaN or Inf, which would become black images or poisoned training targets.
+fn check_finite(t: &Tensor, items: Range<u64>) -> Result<()> {
+    if !t.is_floating_point() {
+        return Ok(());
+    }
+    let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    if bad > 0 {
+        return Err(Error::invalid(format!(
+            "the model produced {bad} non-finite values (NaN or Inf) for samples {}..{}: nothing was written for them",
+            items.start, items.end
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `f` on the noise of the items `range`, `batch` items at a time, and returns each of
-/// `f`'s outputs concatenated along the first dimension, on the CPU. `on_batch(n)` is called
+/// `f`'s outputs concatenated along the first dimension, on the CPU. A non-finite output is an
+/// error. `on_batch(n)` is called
 /// after each batch of n items (for progress bars).
 pub fn batched(
     noise: &Noise,
@@ -54,6 +71,9 @@ pub fn batched(
     while b0 < range.end {
         let b1 = b0.saturating_add(batch).min(range.end);
         let outs = f(&noise.of(b0..b1))?;
+        for o in &outs {
+            check_finite(o, b0..b1)?;
+        }
         if parts.is_empty() {
             parts = outs.iter().map(|_| vec![]).collect();
         }

@@ -10,6 +10,7 @@
 //!   (Song et al. 2021): `ln α = −½∫₀ᵗ β`.
 //! - [`Schedule::Edm`]: variance-exploding σ of EDM (Karras et al. 2022): `t = σ`, `α = 1`,
 //!   with the ρ = 7 step grid.
+use crate::error::{check_field, check_range};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +80,63 @@ impl Schedule {
             sigma_min: 0.002,
             sigma_max: 80.0,
             rho: 7.0,
+        }
+    }
+
+    /// Checks the parameters against their ranges (docs/FORMATS.md §10).
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => {
+                check_range("schedule.lambda_min", lambda_min, -50.0, 50.0)?;
+                check_range("schedule.lambda_max", lambda_max, -50.0, 50.0)?;
+                check_field(
+                    "schedule.lambda_max",
+                    lambda_max,
+                    lambda_max > lambda_min,
+                    "above lambda_min",
+                )
+            }
+            Schedule::VpLinear { beta_min, beta_max } => {
+                check_field(
+                    "schedule.beta_min",
+                    beta_min,
+                    beta_min > 0.0 && beta_min <= 100.0,
+                    "in (0, 100]",
+                )?;
+                check_field(
+                    "schedule.beta_max",
+                    beta_max,
+                    beta_max > beta_min && beta_max <= 100.0,
+                    "in (beta_min, 100]",
+                )
+            }
+            Schedule::Edm {
+                sigma_min,
+                sigma_max,
+                rho,
+            } => {
+                check_field(
+                    "schedule.sigma_min",
+                    sigma_min,
+                    sigma_min > 0.0 && sigma_min <= 1e4,
+                    "in (0, 1e4]",
+                )?;
+                check_field(
+                    "schedule.sigma_max",
+                    sigma_max,
+                    sigma_max > sigma_min && sigma_max <= 1e4,
+                    "in (sigma_min, 1e4]",
+                )?;
+                check_field(
+                    "schedule.rho",
+                    rho,
+                    rho > 0.0 && rho <= 100.0,
+                    "in (0, 100]",
+                )
+            }
         }
     }
 
@@ -322,6 +380,32 @@ pub fn ddpm_alpha_bars(beta_1: f64, beta_n: f64, steps: usize) -> Vec<f64> {
 /// Parses the operator's output times: `quad:M` (`t_m = ((M − m)/M)²`, the authors' CIFAR-10
 /// choice: 0.5625, 0.25, 0.0625, 0 for M = 4), `uniform:M` (`t_m = (M − m)/M`, the ImageNet-64
 /// choice), or an explicit comma-separated list (strictly decreasing, in [0, 1]).
+/// The most output times an operator may have.
+pub const MAX_OUTPUT_TIMES: usize = 64;
+
+/// Checks a list of output times: 1 to [`MAX_OUTPUT_TIMES`] of them, in [0, 1], strictly
+/// decreasing; `what` names the list in the error.
+pub fn check_output_times(what: &str, times: &[f64]) -> Result<()> {
+    let n = times.len();
+    if n == 0 || n > MAX_OUTPUT_TIMES {
+        return Err(Error::invalid(format!(
+            "{what}: {n} times, must be 1 to {MAX_OUTPUT_TIMES}"
+        )));
+    }
+    if let Some(t) = times.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        return Err(Error::invalid(format!(
+            "{what}: {t} is outside [0, 1]; every time must lie in [0, 1]"
+        )));
+    }
+    if let Some(w) = times.windows(2).find(|w| w[1] >= w[0]) {
+        return Err(Error::invalid(format!(
+            "{what}: must be strictly decreasing ({} then {})",
+            w[0], w[1]
+        )));
+    }
+    Ok(())
+}
+
 pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
     let spec = spec.trim();
     let preset = |name: &str, rest: &str| -> Result<usize> {
@@ -330,9 +414,9 @@ pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
                 "output times `{spec}`: `{name}:M` needs an integer M ≥ 1"
             ))
         })?;
-        if m == 0 {
+        if m == 0 || m > MAX_OUTPUT_TIMES {
             return Err(Error::invalid(format!(
-                "output times `{spec}`: M must be at least 1"
+                "output times `{spec}`: M must be in [1, {MAX_OUTPUT_TIMES}]"
             )));
         }
         Ok(m)
@@ -356,22 +440,7 @@ pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
             })
             .collect::<Result<_>>()?
     };
-    if times.is_empty() {
-        return Err(Error::invalid(format!("output times `{spec}`: empty")));
-    }
-    for w in times.windows(2) {
-        if w[1] >= w[0] {
-            return Err(Error::invalid(format!(
-                "output times `{spec}`: must be strictly decreasing ({} then {})",
-                w[0], w[1]
-            )));
-        }
-    }
-    if times.iter().any(|t| !t.is_finite() || *t < 0.0 || *t > 1.0) {
-        return Err(Error::invalid(format!(
-            "output times `{spec}`: every time must lie in [0, 1]"
-        )));
-    }
+    check_output_times(&format!("output times `{spec}`"), &times)?;
     Ok(times)
 }
 

@@ -23,6 +23,14 @@ use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use tch::{Kind, Tensor};
 
+/// The most steps of one solve (a converged solve of a good teacher takes 10–1,000).
+pub const MAX_STEPS: usize = 100_000;
+
+/// Checks a number of solver steps against `1..=MAX_STEPS`, before any grid is allocated.
+pub fn check_steps(what: &str, steps: usize) -> Result<()> {
+    crate::error::check_range(what, steps, 1, MAX_STEPS)
+}
+
 /// The ODE solvers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -271,6 +279,7 @@ impl Recorder {
 }
 
 fn validate(schedule: &Schedule, x_t: &Tensor, grid: &[f64], record: &[f64]) -> Result<Vec<usize>> {
+    check_steps("the time grid's steps", grid.len().saturating_sub(1))?;
     if grid.len() < 2 {
         return Err(Error::invalid(format!(
             "time grid needs at least 2 points, got {}",

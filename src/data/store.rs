@@ -156,6 +156,12 @@ pub fn load_store(dir: &Path) -> Result<Store> {
     if manifest.count == 0 {
         return Err(Error::file(dir.join("manifest.json"), "the store is empty"));
     }
+    let sample: f64 = manifest.sample_shape.iter().product::<i64>() as f64;
+    let floats = manifest.count as f64 * (manifest.times.len() + 1) as f64 * sample;
+    crate::util::memory::check_memory(
+        "loading the trajectory store (float32, twice while joined)",
+        8.0 * floats,
+    )?;
     let mut xs = vec![];
     let mut ts = vec![];
     for j in 0..manifest.shards() {

@@ -11,7 +11,7 @@ use crate::model::{OneStep, Teacher};
 use crate::nn::classifier::Classifier;
 use crate::operator::Method;
 use crate::sampling::Noise;
-use crate::solver::{Grid, Solver};
+use crate::solver::{check_steps, Grid, Solver};
 use crate::util::progress;
 use crate::{Error, Result};
 pub use report::{write_report, Report, Row, RowMethod, Setup, Targets};
@@ -98,11 +98,17 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
             o.count
         )));
     }
-    if o.batch == 0 || o.reference_steps == 0 {
-        return Err(Error::invalid(
-            "the batch size and the reference steps must be at least 1",
-        ));
+    if o.batch == 0 {
+        return Err(Error::invalid("the batch size must be at least 1"));
     }
+    check_steps("the reference steps", o.reference_steps)?;
+    for &s in o.ddim_steps.iter().chain(&o.dpm_steps) {
+        check_steps("the steps of a solver row", s)?;
+    }
+    let rows = 2 + o.ddim_steps.len() + o.dpm_steps.len() + 2;
+    let sample: f64 = Classifier::INPUT_SHAPE.iter().product::<i64>() as f64;
+    let bytes = 4.0 * o.count as f64 * sample * rows as f64;
+    crate::util::memory::check_memory(&format!("{} samples of {rows} methods", o.count), bytes)?;
     let shape = inp.teacher.meta.model.sample_shape();
     if shape != Classifier::INPUT_SHAPE {
         return Err(Error::invalid(format!(

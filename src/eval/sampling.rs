@@ -96,6 +96,13 @@ pub struct DrawOptions {
 
 /// Draws `o.count` samples from the seeded `noise` with `sampler`.
 pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> {
+    let slots = match sampler {
+        Sampler::OneStep(m) if o.keep_outputs => m.slots() as f64,
+        _ => 0.0,
+    };
+    let sample: f64 = noise.shape.iter().product::<i64>() as f64;
+    let bytes = o.count as f64 * sample * (1.0 + slots) * noise.kind.elt_size_in_bytes() as f64;
+    crate::util::memory::check_memory(&format!("{} samples", o.count), bytes)?;
     if o.warm_up {
         let n = o.batch.max(1).min(o.count) as u64;
         let _ = sampler

@@ -15,7 +15,8 @@
 //! noise (x̂ ≈ E[x]), which an x-predicting MLP otherwise learns slowly.
 //! ```
 use super::embedding::TimeEmbedding;
-use super::{check, Backbone};
+use super::Backbone;
+use crate::error::{check_field, check_range};
 use crate::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
@@ -57,6 +58,15 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// Checks every field against its range (docs/FORMATS.md §10).
+    pub fn validate(&self) -> Result<()> {
+        check_range("model.dim", self.dim, 1, 64)?;
+        check_range("model.hidden", self.hidden, 2, 65_536)?;
+        check_range("model.blocks", self.blocks, 0, 64)?;
+        let unit = (0.0..1.0).contains(&self.dropout);
+        check_field("model.dropout", self.dropout, unit, "in [0, 1)")
+    }
+
     pub fn num_params(&self) -> u64 {
         let (d, h) = (self.dim, self.hidden);
         let block = 2 * h + (h * h + h) + (h * 2 * h + 2 * h) + 2 * h + (h * h + h);
@@ -92,12 +102,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(p: &nn::Path, cfg: &MlpConfig) -> Result<Self> {
-        check(cfg.dim >= 1 && cfg.hidden >= 2, || {
-            "mlp: dim and hidden must be positive".into()
-        })?;
-        check((0.0..1.0).contains(&cfg.dropout), || {
-            format!("mlp: dropout {} not in [0, 1)", cfg.dropout)
-        })?;
+        cfg.validate()?;
         let h = cfg.hidden;
         let ln = |p: nn::Path| nn::layer_norm(p, vec![h], Default::default());
         let zero = nn::LinearConfig {

@@ -55,10 +55,21 @@ pub enum ModelConfig {
 impl ModelConfig {
     /// Builds the backbone's variables under `path`.
     pub fn build(&self, path: &nn::Path) -> Result<Box<dyn Backbone>> {
+        self.validate()?;
+        let bytes = 4.0 * self.num_params() as f64;
+        crate::util::memory::check_memory("the model's parameters", bytes)?;
         Ok(match self {
             ModelConfig::Unet(c) => Box::new(unet::UNet::new(path, c)?),
             ModelConfig::Mlp(c) => Box::new(mlp::Mlp::new(path, c)?),
         })
+    }
+
+    /// Checks every field against its range (docs/FORMATS.md §10).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Unet(c) => c.validate(),
+            ModelConfig::Mlp(c) => c.validate(),
+        }
     }
 
     /// The parameter count, computed without allocating.

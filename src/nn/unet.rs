@@ -22,6 +22,7 @@
 //! `mid` after its attention, and of every non-resampling up block.
 use super::embedding::TimeEmbedding;
 use super::{check, Backbone};
+use crate::error::{check_field, check_range};
 use crate::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Kind, Tensor};
@@ -84,27 +85,38 @@ impl UNetConfig {
         }
     }
 
-    fn validate(&self) -> Result<()> {
-        let levels = self.channel_mult.len() as u32;
-        check(levels >= 1, || "unet: channel_mult is empty".into())?;
-        check(
-            self.channels >= 1 && self.in_channels >= 1 && self.out_channels >= 1,
-            || "unet: channel counts must be positive".into(),
-        )?;
-        check(self.image_size % (1 << (levels - 1)) == 0, || {
-            format!(
-                "unet: image_size {} is not divisible by 2^{} for {} levels",
+    /// Checks every field against its range (docs/FORMATS.md §10); errors name the field
+    /// under `model.`.
+    pub fn validate(&self) -> Result<()> {
+        let levels = self.channel_mult.len();
+        check_range("model.channel_mult (levels)", levels, 1, 8)?;
+        for (i, &m) in self.channel_mult.iter().enumerate() {
+            check_range(&format!("model.channel_mult[{i}]"), m, 1, 64)?;
+        }
+        check_range("model.image_size", self.image_size, 1, 1024)?;
+        check_range("model.in_channels", self.in_channels, 1, 64)?;
+        check_range("model.out_channels", self.out_channels, 1, 64)?;
+        check_range("model.channels", self.channels, 1, 4096)?;
+        check_range("model.num_res_blocks", self.num_res_blocks, 1, 16)?;
+        check_range("model.num_heads", self.num_heads, 1, 64)?;
+        check_range("model.groups", self.groups, 1, 1024)?;
+        let unit = (0.0..1.0).contains(&self.dropout);
+        check_field("model.dropout", self.dropout, unit, "in [0, 1)")?;
+        for (i, &r) in self.attn_resolutions.iter().enumerate() {
+            check_range(
+                &format!("model.attn_resolutions[{i}]"),
+                r,
+                1,
                 self.image_size,
-                levels - 1,
-                levels
-            )
-        })?;
-        check(self.num_heads >= 1, || {
-            "unet: num_heads must be at least 1".into()
-        })?;
-        check((0.0..1.0).contains(&self.dropout), || {
-            format!("unet: dropout {} not in [0, 1)", self.dropout)
-        })?;
+            )?;
+        }
+        let down = 1i64 << (levels - 1);
+        check_field(
+            "model.image_size",
+            self.image_size,
+            self.image_size % down == 0,
+            &format!("divisible by 2^{} for {levels} levels", levels - 1),
+        )?;
         for b in self.plan() {
             if b.attn {
                 check(b.out % self.num_heads == 0, || {

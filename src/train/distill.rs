@@ -10,10 +10,12 @@ use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::store::{load_store, Store};
 use crate::data::Batches;
+use crate::error::{check_field, check_range};
 use crate::model::Teacher;
 pub use crate::operator::Method;
 use crate::operator::{Generator, OperatorConfig};
 use crate::schedule::Schedule;
+use crate::schedule::{check_output_times, MAX_OUTPUT_TIMES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -65,7 +67,23 @@ impl DistillConfig {
 
     /// Parses and checks a TOML config; errors name the file.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::file(path, format!("bad distillation config: {e}")))
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| Error::file(path, format!("bad distillation config: {e}")))?;
+        cfg.validate().map_err(|e| e.in_file(path))?;
+        Ok(cfg)
+    }
+
+    /// Checks every field against its documented range (docs/FORMATS.md §10).
+    pub fn validate(&self) -> Result<()> {
+        check_range("modes", self.modes, 1, MAX_OUTPUT_TIMES as i64)?;
+        if let Some(p) = self.dropout {
+            check_field("dropout", p, (0.0..1.0).contains(&p), "in [0, 1)")?;
+        }
+        check_range("validation", self.validation, 0, 100_000_000)?;
+        if let Some(t) = &self.times {
+            check_output_times("field `times`", t)?;
+        }
+        self.train.validate("train")
     }
 }
 

@@ -9,6 +9,7 @@ pub mod teacher;
 pub mod trajectories;
 
 use crate::checkpoint::{self, CheckpointMeta, TRAIN_PREFIX};
+use crate::error::{check_field, check_range};
 use crate::rng::splitmix64;
 use crate::util::progress;
 use crate::{Error, Result};
@@ -61,17 +62,78 @@ impl Default for TrainConfig {
     }
 }
 
-/// Set when the process is asked to stop (Ctrl-C, SIGTERM): a running [`Run`] then saves a
-/// checkpoint after the current step and returns, so `timeout` or a scheduler's kill loses at
-/// most one step. [`install_stop_handler`] connects it to the signals.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+impl TrainConfig {
+    /// Checks every field against its documented range (docs/FORMATS.md §10); `section` is the
+    /// TOML table the fields live in, for the error.
+    pub fn validate(&self, section: &str) -> Result<()> {
+        let f = |name: &str| format!("{section}.{name}");
+        check_range(&f("steps"), self.steps, 1, 1_000_000_000)?;
+        check_range(&f("batch_size"), self.batch_size, 1, 65_536)?;
+        check_field(
+            &f("lr"),
+            self.lr,
+            self.lr > 0.0 && self.lr <= 1.0,
+            "in (0, 1]",
+        )?;
+        check_range(&f("warmup"), self.warmup, 0, 1_000_000_000)?;
+        for (i, &s) in self.lr_halve_at.iter().enumerate() {
+            check_range(&f(&format!("lr_halve_at[{i}]")), s, 1, 1_000_000_000)?;
+        }
+        let unit = |v: f64| (0.0..1.0).contains(&v);
+        check_field(&f("beta1"), self.beta1, unit(self.beta1), "in [0, 1)")?;
+        check_field(&f("beta2"), self.beta2, unit(self.beta2), "in [0, 1)")?;
+        check_field(
+            &f("eps"),
+            self.eps,
+            self.eps > 0.0 && self.eps <= 1.0,
+            "in (0, 1]",
+        )?;
+        check_field(
+            &f("ema_decay"),
+            self.ema_decay,
+            unit(self.ema_decay),
+            "in [0, 1)",
+        )?;
+        check_range(&f("grad_clip"), self.grad_clip, 0.0, 1e6)?;
+        check_range(
+            &f("checkpoint_every"),
+            self.checkpoint_every,
+            1,
+            1_000_000_000,
+        )?;
+        check_range(&f("log_every"), self.log_every, 1, 1_000_000_000)
+    }
+}
 
-/// Installs the Ctrl-C / SIGTERM handler that sets [`STOP`] (once per process; later calls do
-/// nothing).
+/// The signal that asked the process to stop (SIGINT or SIGTERM), 0 while none has: a running
+/// [`Run`] then saves a checkpoint after the current step and returns, so `timeout` or a
+/// scheduler's kill loses at most one step. [`install_stop_handler`] connects it to the signals;
+/// a second signal of the same kind ends the process at once (exit status 128 + signal).
+pub fn stop_requested() -> Option<i32> {
+    match stop_flag().load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s as i32),
+    }
+}
+
+fn stop_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+        std::sync::OnceLock::new();
+    FLAG.get_or_init(Default::default)
+}
+
+/// Installs the SIGINT / SIGTERM handlers behind [`stop_requested`] (once per process).
 pub fn install_stop_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst));
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let flag = stop_flag();
+        for sig in [SIGINT, SIGTERM] {
+            let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, seen.clone());
+            let _ = signal_hook::flag::register(sig, seen);
+            let _ = signal_hook::flag::register_usize(sig, flag.clone(), sig as usize);
+        }
     });
 }
 
@@ -118,6 +180,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue from the checkpoint in `out`.
     pub resume: bool,
+    /// Replace a run already in `out` (without it, a fresh run there is refused).
+    pub overwrite: bool,
     pub device: Device,
     pub progress: bool,
 }
@@ -127,6 +191,7 @@ impl Default for RunOptions {
         RunOptions {
             out: PathBuf::from("runs/run"),
             resume: false,
+            overwrite: false,
             device: Device::Cpu,
             progress: false,
         }
@@ -153,6 +218,8 @@ pub struct Run<'a> {
     pub samples_per_step: usize,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Replace a run already in the folder (when not resuming).
+    pub overwrite: bool,
 }
 
 /// How a run ended.
@@ -162,8 +229,8 @@ pub struct Summary {
     pub end_step: u64,
     pub last_loss: f64,
     pub seconds: f64,
-    /// Whether the run was stopped on request (Ctrl-C / SIGTERM) before its last step.
-    pub stopped: bool,
+    /// The signal (SIGINT 2, SIGTERM 15) that stopped the run before its last step, if any.
+    pub stopped: Option<i32>,
 }
 
 impl<'a> Run<'a> {
@@ -185,6 +252,7 @@ impl<'a> Run<'a> {
             extra_columns,
             samples_per_step: train.batch_size,
             progress: opts.progress,
+            overwrite: opts.overwrite,
         }
     }
 
@@ -283,10 +351,50 @@ impl<'a> Run<'a> {
     ///
     /// A non-finite loss stops the run with an error before any update; the last checkpoint
     /// on disk stays the last good one.
+    ///
+    /// A fresh run (not `resume`) refuses a folder that already holds a run unless the options
+    /// said `overwrite`; a fresh run that fails before its first checkpoint removes what it
+    /// wrote, leaving the folder as it found it.
     pub fn run(
         &self,
         resume: bool,
+        objective: impl FnMut(u64) -> Result<StepLoss>,
+    ) -> Result<Summary> {
+        let dir = &self.files.dir;
+        let existed = dir.exists();
+        if !resume && !self.overwrite {
+            for f in [self.files.model(), self.files.checkpoint()] {
+                if f.exists() {
+                    return Err(Error::file(
+                        dir,
+                        format!(
+                            "already holds a run ({}): resume it, or ask to overwrite it",
+                            f.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let log_existed = self.files.log().exists();
+        let mut saved = None;
+        let result = self.steps(resume, objective, &mut saved);
+        if result.is_err() && !resume && saved.is_none() {
+            if !log_existed {
+                let _ = std::fs::remove_file(self.files.log());
+            }
+            if !existed {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        result
+    }
+
+    /// The steps of [`Run::run`]; `saved` is the step of the last checkpoint on disk.
+    fn steps(
+        &self,
+        resume: bool,
         mut objective: impl FnMut(u64) -> Result<StepLoss>,
+        saved: &mut Option<u64>,
     ) -> Result<Summary> {
         let cfg = self.train;
         std::fs::create_dir_all(&self.files.dir).map_err(|e| {
@@ -304,7 +412,9 @@ impl<'a> Run<'a> {
                     "resuming was asked for, but there is no checkpoint to resume",
                 ));
             }
-            self.restore(&mut adam)?
+            let step = self.restore(&mut adam)?;
+            *saved = Some(step);
+            step
         } else {
             0
         };
@@ -319,10 +429,15 @@ impl<'a> Run<'a> {
             let lv = loss.double_value(&[]);
             if !lv.is_finite() {
                 bar.abandon();
+                let last = match saved {
+                    Some(s) => format!(
+                        "the last good checkpoint is {} (step {s})",
+                        self.files.checkpoint().display()
+                    ),
+                    None => "no checkpoint was written".into(),
+                };
                 return Err(Error::invalid(format!(
-                    "loss is {lv} at step {step}: training stopped; the last good checkpoint is {} (step {})",
-                    self.files.checkpoint().display(),
-                    step - step % cfg.checkpoint_every.max(1)
+                    "loss is {lv} at step {step}: training stopped; {last}"
                 )));
             }
             adam.zero_grad();
@@ -338,19 +453,20 @@ impl<'a> Run<'a> {
                 log.row(done, lv, lr, gnorm, rate, &extra)?;
                 bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
             }
-            let stop = STOP.load(std::sync::atomic::Ordering::SeqCst);
-            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop {
+            let stop = stop_requested();
+            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop.is_some() {
                 self.save(done, &adam)?;
+                *saved = Some(done);
             }
             bar.inc(1);
-            if stop {
+            if stop.is_some() {
                 bar.abandon();
                 return Ok(Summary {
                     start_step: start,
                     end_step: done,
                     last_loss,
                     seconds: t0.elapsed().as_secs_f64(),
-                    stopped: true,
+                    stopped: stop,
                 });
             }
         }
@@ -358,13 +474,14 @@ impl<'a> Run<'a> {
         if start >= cfg.steps {
             // nothing to do, but make sure the model file exists
             self.save(start, &adam)?;
+            *saved = Some(start);
         }
         Ok(Summary {
             start_step: start,
             end_step: cfg.steps.max(start),
             last_loss,
             seconds: t0.elapsed().as_secs_f64(),
-            stopped: false,
+            stopped: None,
         })
     }
 }

@@ -6,6 +6,7 @@
 use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::{idx, to_unit_range, toy2d, Batches};
+use crate::error::{check_field, check_range};
 use crate::nn::ModelConfig;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -110,9 +111,37 @@ pub struct TeacherConfig {
 }
 
 impl TeacherConfig {
-    /// Parses a TOML config; errors name the file.
+    /// Parses a TOML config and checks every field (docs/FORMATS.md §10); errors name the
+    /// file and the field.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::file(path, format!("bad teacher config: {e}")))
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| Error::file(path, format!("bad teacher config: {e}")))?;
+        cfg.validate().map_err(|e| e.in_file(path))?;
+        Ok(cfg)
+    }
+
+    /// Checks every field against its documented range.
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.schedule.validate()?;
+        self.train.validate("train")?;
+        match &self.data {
+            DataConfig::Idx { name } => check_field(
+                "data.name",
+                name,
+                !name.trim().is_empty(),
+                "a data set name",
+            ),
+            DataConfig::Toy2d { name, points, .. } => {
+                check_field(
+                    "data.name",
+                    name,
+                    toy2d::NAMES.contains(&name.as_str()),
+                    &format!("one of {:?}", toy2d::NAMES),
+                )?;
+                check_range("data.points", *points, 1, 10_000_000)
+            }
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self> {

@@ -8,8 +8,9 @@ use crate::checkpoint::file_hash;
 use crate::data::store::{load_shard, save_shard, shard_path, Manifest, Shard, FORMAT};
 use crate::model::Teacher;
 use crate::sampling::{self, Noise};
+use crate::schedule::check_output_times;
 use crate::schedule::{grid_through, Schedule};
-use crate::solver::Solver;
+use crate::solver::{check_steps, Solver};
 use crate::util::{fsio::write_atomic, progress};
 use crate::{Error, Result};
 use std::path::Path;
@@ -66,7 +67,37 @@ pub struct GenerateSummary {
 }
 
 /// Generates (or completes) the store in `dir` with `teacher` loaded from `teacher_path`.
+///
+/// A call that fails before the store has a shard leaves `dir` as it found it: the manifest it
+/// wrote is removed, and the folder too when the call created it.
 pub fn generate(
+    teacher: &Teacher,
+    teacher_path: &Path,
+    dir: &Path,
+    o: &GenerateOptions,
+) -> Result<GenerateSummary> {
+    let existed = dir.exists();
+    let manifest = dir.join("manifest.json");
+    let had_manifest = manifest.exists();
+    let result = generate_into(teacher, teacher_path, dir, o);
+    if result.is_err() && !had_manifest && !has_shards(dir) {
+        let _ = std::fs::remove_file(&manifest);
+        if !existed {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn has_shards(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("traj-"))
+    })
+}
+
+fn generate_into(
     teacher: &Teacher,
     teacher_path: &Path,
     dir: &Path,
@@ -86,8 +117,14 @@ pub fn generate(
             "part {k} of {n}: expected 0 ≤ k < n"
         )));
     }
+    check_steps("steps", o.steps)?;
+    check_output_times("output times", &o.times)?;
     let schedule = teacher.schedule();
     let grid = trajectory_grid(&schedule, o.solver, &o.times, o.steps)?;
+    let sample: f64 = teacher.meta.model.sample_shape().iter().product::<i64>() as f64;
+    let bytes =
+        o.count as f64 * (o.times.len() + 1) as f64 * sample * if o.fp16 { 2.0 } else { 4.0 };
+    crate::util::memory::check_disk("the trajectory store", bytes, dir)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         teacher_hash: file_hash(teacher_path)?,

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::{Device, Tensor};
 
-/// Exit status of a training run stopped on request (as after Ctrl-C).
-pub const STOPPED: u8 = 130;
-
 /// `--device`: auto, cpu, cuda or cuda:N.
 pub fn parse_device(s: &str) -> Result<Device, String> {
     dsno::device::parse_device(s).map_err(|e| e.to_string())
@@ -27,6 +24,10 @@ pub struct RunArgs {
     /// Continue from <out>/ckpt.safetensors.
     #[arg(long)]
     pub resume: bool,
+    /// Replace a run already in <out> (without it, a fresh run into a folder that holds one is
+    /// refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Override the number of training steps of the config.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -37,12 +38,14 @@ impl RunArgs {
         RunOptions {
             out: self.out.clone(),
             resume: self.resume,
+            overwrite: self.overwrite,
             device,
             progress: true,
         }
     }
 
-    /// Prints how the run went; a run stopped on request exits with status 130.
+    /// Prints how the run went; a run stopped by a signal exits with status 128 + the signal
+    /// (130 for SIGINT, 143 for SIGTERM).
     pub fn report(&self, s: &Summary) -> ExitCode {
         println!(
             "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
@@ -52,9 +55,9 @@ impl RunArgs {
             s.last_loss,
             self.out.join("model.safetensors").display()
         );
-        if s.stopped {
-            eprintln!("stopped on request; checkpoint saved (continue with --resume)");
-            return ExitCode::from(STOPPED);
+        if let Some(sig) = s.stopped {
+            eprintln!("stopped by signal {sig}; checkpoint saved (continue with --resume)");
+            return ExitCode::from((128 + sig) as u8);
         }
         ExitCode::SUCCESS
     }

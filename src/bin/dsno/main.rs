@@ -1,8 +1,8 @@
 //! The `dsno` command line. Each subcommand is a module of its own that parses its arguments,
 //! calls the library and prints; the numerics live in the library (docs/ARCHITECTURE.md).
 //!
-//! Exit status: 0 success, 1 error, 2 usage error (clap), 130 a training run stopped on
-//! request (Ctrl-C or SIGTERM) after saving its checkpoint.
+//! Exit status: 0 success, 1 error, 2 usage error (clap), 130 / 143 a training run stopped by
+//! SIGINT (Ctrl-C) / SIGTERM after saving its checkpoint.
 mod bench;
 mod common;
 mod data;
@@ -18,11 +18,8 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Fast sampling of diffusion models by operator learning (DSNO).
-///
-/// Exit status: 0 success, 1 error, 2 usage error, 130 a training run stopped by Ctrl-C or
-/// SIGTERM (its checkpoint saved; continue with --resume).
 #[derive(Parser, Debug)]
-#[command(name = "dsno", version, about, long_about)]
+#[command(name = "dsno", version, about, long_about, after_help = EXIT_STATUS)]
 struct Cli {
     /// Where to compute: auto (CUDA when libtorch sees a GPU, else CPU), cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto", value_parser = common::parse_device)]
@@ -63,7 +60,30 @@ enum Command {
     Data(data::Args),
 }
 
+const EXIT_STATUS: &str = "Exit status: 0 success, 1 error, 2 usage error, 130 a training run \
+stopped by Ctrl-C (SIGINT), 143 by SIGTERM (its checkpoint saved; continue with --resume).";
+
 fn main() -> ExitCode {
+    // a panic is a bug of dsno: say so in one line, exit with status 1 like any error
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        let at = info
+            .location()
+            .map(|l| format!(" ({}:{})", l.file(), l.line()));
+        eprintln!("error: internal error{}: {msg}", at.unwrap_or_default());
+    }));
+    match std::panic::catch_unwind(run) {
+        Ok(code) => code,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     if !cli.release_host_memory {
         dsno::device::keep_freed_host_memory();

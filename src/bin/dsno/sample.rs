@@ -32,8 +32,8 @@ pub struct Args {
     /// ODE solver for a teacher (required) or the toy model (default dpmpp2m).
     #[arg(long, value_enum)]
     solver: Option<Solver>,
-    /// Solver steps.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Solver steps (at most 100,000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=dsno::solver::MAX_STEPS as u64))]
     steps: u64,
     /// Step grid: default (the solver's recommended one), uniform, quadratic, logsnr.
     #[arg(long, value_enum, default_value = "default")]
