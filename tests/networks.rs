@@ -174,7 +174,7 @@ fn bad_unet_configs_are_clear_errors() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("not divisible"), "{e}");
+    assert!(e.contains("divisible by 2^2"), "{e}");
     let mut c = small_unet(28, 1);
     c.num_heads = 3;
     let e = ModelConfig::Unet(c)

@@ -189,7 +189,7 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
     for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
         if let Some((model, _)) = m {
             rows.push(run(
-                RowMethod::OneStep { method },
+                RowMethod::OneStep { generator: method },
                 &Sampler::OneStep(model),
             )?);
         }

@@ -19,7 +19,7 @@ pub enum RowMethod {
     /// The teacher with a few-step solver.
     Solver { solver: Solver, steps: usize },
     /// A one-step generator.
-    OneStep { method: Method },
+    OneStep { generator: Method },
     /// Real held-out images against the reference images: the floor of every score.
     Floor,
 }
@@ -32,7 +32,7 @@ impl RowMethod {
                 format!("teacher {} @ {steps}", solver.label())
             }
             RowMethod::Solver { solver, steps } => format!("{} @ {steps}", solver.label()),
-            RowMethod::OneStep { method } => format!("{method} @ 1"),
+            RowMethod::OneStep { generator } => format!("{generator} @ 1"),
             RowMethod::Floor => "real test images (floor)".into(),
         }
     }
@@ -218,7 +218,7 @@ impl Report {
     pub fn targets(&self) -> Vec<String> {
         let mut out = vec![];
         let dsno_row = RowMethod::OneStep {
-            method: Method::Dsno,
+            generator: Method::Dsno,
         };
         let (Some(reference), Some(dsno)) = (self.reference(), self.row(&dsno_row)) else {
             out.push("no DSNO model evaluated".into());
@@ -242,7 +242,9 @@ impl Report {
             steps,
         };
         for other in [
-            RowMethod::OneStep { method: Method::Kd },
+            RowMethod::OneStep {
+                generator: Method::Kd,
+            },
             RowMethod::Solver {
                 solver: Solver::Ddim,
                 steps: 10,
@@ -299,7 +301,7 @@ impl Report {
             let reference = |r: &Row| matches!(r.what, RowMethod::Reference { .. });
             add("teacher (reference)", &reference, false);
             for method in [Method::Kd, Method::Dsno] {
-                let what = RowMethod::OneStep { method };
+                let what = RowMethod::OneStep { generator: method };
                 add(&what.label(), &|r| r.what == what, false);
             }
             out

@@ -360,6 +360,7 @@ impl<'a> Run<'a> {
         resume: bool,
         objective: impl FnMut(u64) -> Result<StepLoss>,
     ) -> Result<Summary> {
+        self.train.validate("train")?;
         let dir = &self.files.dir;
         let existed = dir.exists();
         if !resume && !self.overwrite {

@@ -29,7 +29,7 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
     /// Override the number of training steps of the config.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub steps: Option<u64>,
 }
 
