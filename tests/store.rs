@@ -226,6 +226,7 @@ fn distillation_resume_gives_identical_weights() {
                 "{method:?}: {name} differs after resume"
             );
         }
+        common::assert_same_run_files(&a, &b);
     }
     std::fs::remove_dir_all(dir).ok();
 }

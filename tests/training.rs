@@ -86,6 +86,8 @@ fn resume_gives_identical_weights() {
             "tensor {name} differs after resume"
         );
     }
+    // and, since files are deterministic, the files themselves
+    common::assert_same_run_files(&straight, &split);
     let log = std::fs::read_to_string(split.join("log.csv")).unwrap();
     let straight_log = std::fs::read_to_string(straight.join("log.csv")).unwrap();
     // every row of the uninterrupted log is in the resumed one, with the same loss (the

@@ -69,12 +69,8 @@ impl TrainConfig {
         let f = |name: &str| format!("{section}.{name}");
         check_range(&f("steps"), self.steps, 1, 1_000_000_000)?;
         check_range(&f("batch_size"), self.batch_size, 1, 65_536)?;
-        check_field(
-            &f("lr"),
-            self.lr,
-            self.lr > 0.0 && self.lr <= 1.0,
-            "in (0, 1]",
-        )?;
+        // 0 keeps the weights where they start (a check of an initialisation)
+        check_range(&f("lr"), self.lr, 0.0, 1.0)?;
         check_range(&f("warmup"), self.warmup, 0, 1_000_000_000)?;
         for (i, &s) in self.lr_halve_at.iter().enumerate() {
             check_range(&f(&format!("lr_halve_at[{i}]")), s, 1, 1_000_000_000)?;

@@ -57,3 +57,26 @@ pub fn dsno(args: &[&str]) -> Output {
 pub fn model(name: &str) -> PathBuf {
     root().join("models").join(name)
 }
+
+/// The SHA-256 (hex) of a file's bytes.
+pub fn file_sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Asserts that the training files of two run folders are byte-identical (checkpoint and model).
+pub fn assert_same_run_files(a: &Path, b: &Path) {
+    for f in ["ckpt.safetensors", "model.safetensors"] {
+        assert_eq!(
+            file_sha256(&a.join(f)),
+            file_sha256(&b.join(f)),
+            "{f} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}

@@ -78,7 +78,7 @@ fn options(a: &Args, default_count: u64) -> DrawOptions {
         batch: a.batch as usize,
         warm_up: false,
         keep_outputs: a.trajectory.is_some(),
-        progress: None,
+        progress: Some("sample".into()),
     }
 }
 
@@ -168,7 +168,7 @@ fn toy(a: &Args, device: Device) -> Result<()> {
         &sampler,
         &noise,
         &DrawOptions {
-            batch: usize::MAX,
+            batch: 10_000,
             ..options(a, 2000)
         },
     )?;
