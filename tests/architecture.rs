@@ -176,3 +176,28 @@ fn the_checker_catches_an_upward_import() {
     // an undocumented module is reported
     assert_eq!(violations(&layers, &files("extra.rs", "")).len(), 1);
 }
+
+#[test]
+fn the_binary_s_functions_are_short() {
+    // subcommand handlers parse, call the library and print: about 40 lines at most
+    let dir = common::root().join("src/bin/dsno");
+    let mut long = vec![];
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let is_fn = l.starts_with("fn ") || l.starts_with("pub fn ");
+            if let (true, Some(len)) = (is_fn, lines[i..].iter().position(|l| *l == "}")) {
+                if len + 1 > 42 {
+                    long.push(format!("{}:{}: {} lines", p.display(), i + 1, len + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over 42 lines:\n{}",
+        long.join("\n")
+    );
+}
