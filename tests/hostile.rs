@@ -277,8 +277,7 @@ fn non_finite_weights_and_outputs_are_errors() {
         device: tch::Device::Cpu,
     };
     let e = dsno::sampling::batched(&noise, 0..8, 4, |_| {}, |x| Ok(vec![x.log()]))
-        .err()
-        .expect("NaN outputs refused")
+        .expect_err("NaN outputs refused")
         .to_string();
     assert!(e.contains("non-finite") && e.contains("0..4"), "{e}");
     std::fs::remove_dir_all(dir).ok();
@@ -317,8 +316,7 @@ fn failed_commands_leave_no_stray_files() {
     let data = tch::Tensor::full([512, 2], f64::NAN, (tch::Kind::Float, tch::Device::Cpu));
     let run = dir.join("nan-run");
     let e = dsno::train::teacher::train(&cfg, data, &common::run(&run, false), None)
-        .err()
-        .expect("NaN loss stops training")
+        .expect_err("NaN loss stops training")
         .to_string();
     assert!(e.contains("no checkpoint was written"), "{e}");
     assert!(!run.exists(), "{:?}", files_in(&run));

@@ -15,6 +15,9 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
+/// The largest decompressed IDX file read (4 GiB; MNIST's largest is 47 MB).
+pub const MAX_BYTES: u64 = 1 << 32;
+
 /// Parses IDX bytes (already decompressed); `path` only names the source in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx> {
     if bytes.len() < 4 {
@@ -68,10 +71,20 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx> {
 pub fn read(path: &Path) -> Result<Idx> {
     let raw = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        // a bounded read: a small file that inflates without end is refused, not swallowed
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::file(path, format!("corrupt gzip data: {e}")))?;
+        if out.len() as u64 > MAX_BYTES {
+            return Err(Error::file(
+                path,
+                format!(
+                    "decompresses to more than {MAX_BYTES} bytes: not an IDX data set dsno reads"
+                ),
+            ));
+        }
         out
     } else {
         raw

@@ -5,7 +5,9 @@
 //!
 //! This module is the format only: reading and checking shards and the manifest, writing a
 //! shard. Making a store is `crate::train::trajectories`.
-use crate::solver::Solver;
+use crate::error::{check_field, check_range};
+use crate::schedule::check_output_times;
+use crate::solver::{check_steps, Solver};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -54,8 +56,33 @@ impl Manifest {
 
     /// Parses and checks manifest text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
-        serde_json::from_str(text)
-            .map_err(|e| Error::file(path, format!("bad trajectory manifest: {e}")))
+        let m: Manifest = serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("bad trajectory manifest: {e}")))?;
+        m.validate().map_err(|e| e.in_file(path))?;
+        Ok(m)
+    }
+
+    /// Checks every field against its range (docs/FORMATS.md §5, §10).
+    pub fn validate(&self) -> Result<()> {
+        check_field(
+            "format",
+            &self.format,
+            self.format == FORMAT,
+            &format!("`{FORMAT}`"),
+        )?;
+        if self.count == 0 {
+            return Err(Error::invalid("the store is empty (field `count` = 0)"));
+        }
+        check_range("count", self.count, 1, 1_000_000_000_000)?;
+        check_range("shard_size", self.shard_size, 1, 100_000_000)?;
+        check_steps("steps", self.steps)?;
+        check_output_times("field `times`", &self.times)?;
+        check_range("sample_shape (dimensions)", self.sample_shape.len(), 1, 4)?;
+        for (i, &d) in self.sample_shape.iter().enumerate() {
+            check_range(&format!("sample_shape[{i}]"), d, 1, 4096)?;
+        }
+        let dtype_ok = self.dtype == "f32" || self.dtype == "f16";
+        check_field("dtype", &self.dtype, dtype_ok, "`f32` or `f16`")
     }
 }
 
@@ -113,7 +140,7 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
         || Vec::<i64>::try_from(&shard.indices).ok() != Some(expect)
     {
         return Err(Error::file(
-            &path,
+            path,
             format!(
                 "shard does not match the manifest: x_T {:?} (want {want_x:?}), targets {:?} (want {want_t:?}), indices of samples {lo}..{hi}",
                 shard.x_t.size(),
@@ -147,15 +174,6 @@ pub struct Store {
 /// Loads every shard of the store in `dir`; a missing or invalid shard is an error naming it.
 pub fn load_store(dir: &Path) -> Result<Store> {
     let manifest = Manifest::load(dir)?;
-    if manifest.format != FORMAT {
-        return Err(Error::file(
-            dir.join("manifest.json"),
-            format!("unknown store format `{}`", manifest.format),
-        ));
-    }
-    if manifest.count == 0 {
-        return Err(Error::file(dir.join("manifest.json"), "the store is empty"));
-    }
     let sample: f64 = manifest.sample_shape.iter().product::<i64>() as f64;
     let floats = manifest.count as f64 * (manifest.times.len() + 1) as f64 * sample;
     crate::util::memory::check_memory(
