@@ -401,6 +401,16 @@ pub(crate) fn copy_into(
                 ),
             ));
         }
+        if src.is_floating_point() != dst.is_floating_point() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{key}` is stored as {:?}, the model expects {:?}",
+                    src.kind(),
+                    dst.kind()
+                ),
+            ));
+        }
         dst.f_copy_(&src.to_kind(dst.kind()).to_device(dst.device()))?;
     }
     Ok(())

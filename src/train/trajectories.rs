@@ -19,17 +19,44 @@ use tch::{Device, Kind, Tensor};
 /// What `dsno trajectories` is asked to do.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// The ODE solver of the teacher's trajectories.
     pub solver: Solver,
+    /// Solver steps from t_max to 0, through every output time.
     pub steps: usize,
+    /// Output times t_1 > … > t_M.
     pub times: Vec<f64>,
+    /// Number of trajectories K.
     pub count: usize,
+    /// Noise seed: sample i's x_T depends on (seed, i) only.
     pub seed: u64,
+    /// Trajectories per shard file.
     pub shard_size: usize,
+    /// Samples per solver batch.
     pub batch: usize,
+    /// Store x_T and targets as float16.
     pub fp16: bool,
     /// `(k, n)`: make the shards j ≡ k (mod n) only.
     pub part: (usize, usize),
     pub progress: bool,
+}
+
+impl Default for GenerateOptions {
+    /// The defaults of `dsno trajectories` (DPM-Solver++(2M), 32 steps, `quad:4`), with
+    /// 1,000 trajectories.
+    fn default() -> Self {
+        GenerateOptions {
+            solver: Solver::DpmSolver2M,
+            steps: 32,
+            times: vec![0.5625, 0.25, 0.0625, 0.0],
+            count: 1000,
+            seed: 0,
+            shard_size: 1000,
+            batch: 256,
+            fp16: false,
+            part: (0, 1),
+            progress: false,
+        }
+    }
 }
 
 /// The step grid of the trajectory solve: `steps` steps from the schedule's t_max through every
@@ -64,6 +91,10 @@ pub struct GenerateSummary {
     pub samples: usize,
     pub nfe_per_sample: usize,
     pub seconds: f64,
+    /// The signal that stopped the run after a complete shard (see
+    /// [`crate::train::stop_requested`]), if any: the store is valid and a later call
+    /// completes it.
+    pub stopped: Option<i32>,
 }
 
 /// Generates (or completes) the store in `dir` with `teacher` loaded from `teacher_path`.
@@ -138,6 +169,7 @@ fn generate_into(
         sample_shape: teacher.meta.model.sample_shape(),
         dtype: if o.fp16 { "f16".into() } else { "f32".into() },
     };
+    manifest.validate()?;
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
     let mpath = dir.join("manifest.json");
@@ -194,6 +226,10 @@ fn generate_into(
         device: teacher.device(),
     };
     for j in todo {
+        if let Some(sig) = super::stop_requested() {
+            summary.stopped = Some(sig);
+            break;
+        }
         let (lo, hi) = manifest.shard_range(j);
         let out = sampling::batched(
             &noise,

@@ -21,17 +21,17 @@ pub struct Args {
     #[arg(long, default_value = "configs/mnist.toml")]
     config: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..=4096))]
     batch: i64,
     /// Operator time slots M.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(1..=64))]
     slots: i64,
     /// TimeConv Fourier modes.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i64).range(1..=33))]
     modes: i64,
     /// Timed iterations (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    iters: u64,
     /// Also run bench/reference.py (plain PyTorch) on the same configuration and print ratios.
     #[arg(long)]
     vs_pytorch: bool,
@@ -60,7 +60,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         batch: a.batch,
         slots: a.slots,
         modes: a.modes,
-        iters: a.iters,
+        iters: a.iters as usize,
         device,
     };
     let rows = dsno::bench::engine(&cfg.model, spec)?;

@@ -20,13 +20,13 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Training steps.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     steps: u64,
     /// Images per step.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Peak learning rate (Adam, decayed to 0 by a half cosine).
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    batch: u64,
+    /// Peak learning rate (Adam, decayed to 0 by a half cosine), in (0, 1].
+    #[arg(long, default_value_t = 2e-3, value_parser = parse_lr)]
     lr: f64,
     /// Seed of the initialisation and the batches.
     #[arg(long, default_value_t = 0)]
@@ -43,7 +43,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         a.batch,
         describe(device)
     );
-    let (steps, batch, lr, seed) = (a.steps, a.batch, a.lr, a.seed);
+    let (steps, batch, lr, seed) = (a.steps, a.batch as usize, a.lr, a.seed);
     let start = Instant::now();
     let schedule = Schedule {
         steps,
@@ -72,4 +72,11 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         a.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_lr(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("`{s}`: expected a learning rate in (0, 1]")),
+    }
 }

@@ -64,6 +64,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         part: a.shard,
         progress: true,
     };
+    dsno::train::install_stop_handler();
     let s = generate(&teacher, &a.teacher, &a.out, &o)?;
     for why in &s.regenerated {
         eprintln!("regenerated: {why}");
@@ -79,5 +80,13 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         s.kept,
         s.regenerated.len()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(match s.stopped {
+        Some(sig) => {
+            eprintln!(
+                "stopped by signal {sig} after a complete shard; run again to complete the store"
+            );
+            ExitCode::from((128 + sig) as u8)
+        }
+        None => ExitCode::SUCCESS,
+    })
 }
