@@ -286,3 +286,19 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
         std::fs::remove_dir_all(d).ok();
     }
 }
+
+#[test]
+fn peek_reads_the_checkpoint_header_alone() {
+    // a checkpoint cut right after its header: peek still reads what it is, loading fails
+    let dir = common::tempdir("peek");
+    let bytes = std::fs::read(common::model("mnist-kd.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..8 + n + 16]).unwrap();
+    let meta = dsno::model::peek(&cut).unwrap();
+    assert_eq!(meta.kind, checkpoint::ModelKind::Kd);
+    assert_eq!(meta.dataset, "mnist");
+    let e = checkpoint::load(&cut).unwrap_err().to_string();
+    assert!(e.contains("cut.safetensors"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
