@@ -161,6 +161,17 @@ impl Schedule {
         }
     }
 
+    /// `(a, b)` of this schedule if it is the cosine one (NaN otherwise).
+    fn cosine_coefficients(&self) -> (f64, f64) {
+        match *self {
+            Schedule::VpCosine {
+                lambda_min,
+                lambda_max,
+            } => Self::cosine_ab(lambda_min, lambda_max),
+            _ => (f64::NAN, f64::NAN),
+        }
+    }
+
     /// `(a, b)` of the cosine schedule: `θ(t) = a t + b`.
     fn cosine_ab(lambda_min: f64, lambda_max: f64) -> (f64, f64) {
         let b = (-lambda_max / 2.0).exp().atan();
@@ -199,11 +210,8 @@ impl Schedule {
     /// Log-SNR `λ(t) = ln(α²/σ²)`; `+∞` where σ = 0.
     pub fn lambda(&self, t: f64) -> f64 {
         match *self {
-            Schedule::VpCosine {
-                lambda_min,
-                lambda_max,
-            } => {
-                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+            Schedule::VpCosine { .. } => {
+                let (a, b) = self.cosine_coefficients();
                 -2.0 * (a * t + b).tan().ln()
             }
             Schedule::VpLinear { beta_min, beta_max } => {
@@ -218,11 +226,8 @@ impl Schedule {
     /// `dλ/dt`.
     pub fn dlambda_dt(&self, t: f64) -> f64 {
         match *self {
-            Schedule::VpCosine {
-                lambda_min,
-                lambda_max,
-            } => {
-                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+            Schedule::VpCosine { .. } => {
+                let (a, b) = self.cosine_coefficients();
                 let th = a * t + b;
                 -2.0 * a / (th.sin() * th.cos())
             }
@@ -238,11 +243,8 @@ impl Schedule {
     /// The time at which the log-SNR is `lambda` (inverse of [`Schedule::lambda`]).
     pub fn t_of_lambda(&self, lambda: f64) -> f64 {
         match *self {
-            Schedule::VpCosine {
-                lambda_min,
-                lambda_max,
-            } => {
-                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+            Schedule::VpCosine { .. } => {
+                let (a, b) = self.cosine_coefficients();
                 ((-lambda / 2.0).exp().atan() - b) / a
             }
             Schedule::VpLinear { beta_min, beta_max } => {
@@ -263,11 +265,8 @@ impl Schedule {
     /// `(α_t, σ_t)`.
     pub fn alpha_sigma(&self, t: f64) -> (f64, f64) {
         match *self {
-            Schedule::VpCosine {
-                lambda_min,
-                lambda_max,
-            } => {
-                let (a, b) = Self::cosine_ab(lambda_min, lambda_max);
+            Schedule::VpCosine { .. } => {
+                let (a, b) = self.cosine_coefficients();
                 ((a * t + b).cos(), (a * t + b).sin())
             }
             Schedule::VpLinear { beta_min, beta_max } => {

@@ -118,18 +118,6 @@ impl Solver {
             _ => schedule.default_grid(n),
         }
     }
-
-    /// Runs this solver: see [`solve`].
-    pub fn solve(
-        &self,
-        denoiser: &dyn Denoiser,
-        schedule: &Schedule,
-        x_t: &Tensor,
-        grid: &[f64],
-        record: &[f64],
-    ) -> Result<Trajectory> {
-        solve(*self, denoiser, schedule, x_t, grid, record)
-    }
 }
 
 /// Step-grid spacings from `t_max` to the schedule's smallest finite time
@@ -198,51 +186,60 @@ pub struct Trajectory {
     pub nfe: usize,
 }
 
-/// Solves the PF-ODE from `x_t` (at `grid[0]`) along `grid`, recording the output times `record`.
-///
-/// Errors (no panic) if the grid is not strictly decreasing and finite inside the schedule's
-/// time range, if an output time is not a grid point after the start, or if `x_t` holds NaN/∞.
-pub fn solve(
-    solver: Solver,
-    denoiser: &dyn Denoiser,
-    schedule: &Schedule,
-    x_t: &Tensor,
-    grid: &[f64],
-    record: &[f64],
-) -> Result<Trajectory> {
-    let slots = validate(schedule, x_t, grid, record)?;
-    let counting = Counting {
-        inner: denoiser,
-        calls: Cell::new(0),
-    };
-    let mut rec = Recorder {
-        slots,
-        z: (0..record.len()).map(|_| None).collect(),
-        x: (0..record.len()).map(|_| None).collect(),
-    };
-    let end = match solver {
-        Solver::Ddim => ddim(&counting, schedule, x_t, grid, &mut rec)?,
-        Solver::Euler => euler_or_heun(&counting, schedule, x_t, grid, &mut rec, false)?,
-        Solver::Heun => euler_or_heun(&counting, schedule, x_t, grid, &mut rec, true)?,
-        Solver::DpmSolver2M => dpm_solver_2m(&counting, schedule, x_t, grid, &mut rec)?,
-    };
-    let z = rec
-        .z
-        .into_iter()
-        .map(|t| t.expect("every slot recorded"))
-        .collect();
-    let x_hat = rec
-        .x
-        .into_iter()
-        .map(|t| t.expect("every slot recorded"))
-        .collect();
-    Ok(Trajectory {
-        times: record.to_vec(),
-        z,
-        x_hat,
-        end,
-        nfe: counting.calls.get(),
-    })
+impl Solver {
+    /// Solves the PF-ODE from `x_t` (at `grid[0]`) along `grid`, recording the output times `record`.
+    ///
+    /// Errors (no panic) if the grid is not strictly decreasing and finite inside the schedule's
+    /// time range, if an output time is not a grid point after the start, or if `x_t` holds NaN/∞.
+    pub fn solve(
+        &self,
+        denoiser: &dyn Denoiser,
+        schedule: &Schedule,
+        x_t: &Tensor,
+        grid: &[f64],
+        record: &[f64],
+    ) -> Result<Trajectory> {
+        let solver = *self;
+        let slots = validate(schedule, x_t, grid, record)?;
+        let counting = Counting {
+            inner: denoiser,
+            calls: Cell::new(0),
+        };
+        let mut rec = Recorder {
+            slots,
+            z: (0..record.len()).map(|_| None).collect(),
+            x: (0..record.len()).map(|_| None).collect(),
+        };
+        let c = Solve {
+            denoiser: counting,
+            schedule,
+            grid,
+        };
+        let end = match solver {
+            Solver::Ddim => ddim(&c, x_t, &mut rec)?,
+            Solver::Euler => euler_or_heun(&c, x_t, &mut rec, false)?,
+            Solver::Heun => euler_or_heun(&c, x_t, &mut rec, true)?,
+            Solver::DpmSolver2M => dpm_solver_2m(&c, x_t, &mut rec)?,
+        };
+        let counting = c.denoiser;
+        let z = rec
+            .z
+            .into_iter()
+            .map(|t| t.expect("every slot recorded"))
+            .collect();
+        let x_hat = rec
+            .x
+            .into_iter()
+            .map(|t| t.expect("every slot recorded"))
+            .collect();
+        Ok(Trajectory {
+            times: record.to_vec(),
+            z,
+            x_hat,
+            end,
+            nfe: counting.calls.get(),
+        })
+    }
 }
 
 /// Counts the denoiser calls.
@@ -348,14 +345,16 @@ fn validate(schedule: &Schedule, x_t: &Tensor, grid: &[f64], record: &[f64]) -> 
     Ok(slots)
 }
 
+/// What every solver loop works with: the counting denoiser, the schedule and the step grid.
+struct Solve<'a> {
+    denoiser: Counting<'a>,
+    schedule: &'a Schedule,
+    grid: &'a [f64],
+}
+
 /// DDIM step `t → s`: `x̂ = D(z_t, t)`, `ε̂ = (z_t − α_t x̂)/σ_t`, `z_s = α_s x̂ + σ_s ε̂`.
-fn ddim(
-    d: &Counting,
-    sch: &Schedule,
-    x_t: &Tensor,
-    grid: &[f64],
-    rec: &mut Recorder,
-) -> Result<Tensor> {
+fn ddim(c: &Solve, x_t: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
+    let (d, sch, grid) = (&c.denoiser, c.schedule, c.grid);
     let mut z = x_t.shallow_clone();
     for i in 0..grid.len() - 1 {
         let (t, s) = (grid[i], grid[i + 1]);
@@ -390,14 +389,8 @@ fn implied_x(sch: &Schedule, z_t: &Tensor, z_s: &Tensor, t: f64, s: f64) -> Tens
 /// trapezoidal corrector; plain Euler for the step onto the data end of the schedule (σ = 0,
 /// or t = 0 of the cosine schedule, where λ' is ~10⁴ and the corrector would amplify any error
 /// of the denoiser there).
-fn euler_or_heun(
-    d: &Counting,
-    sch: &Schedule,
-    x_t: &Tensor,
-    grid: &[f64],
-    rec: &mut Recorder,
-    heun: bool,
-) -> Result<Tensor> {
+fn euler_or_heun(c: &Solve, x_t: &Tensor, rec: &mut Recorder, heun: bool) -> Result<Tensor> {
+    let (d, sch, grid) = (&c.denoiser, c.schedule, c.grid);
     let mut z = x_t.shallow_clone();
     for i in 0..grid.len() - 1 {
         let (t, s) = (grid[i], grid[i + 1]);
@@ -422,13 +415,8 @@ fn euler_or_heun(
 /// step in log(α/σ), DPM-Solver's λ) and
 /// `D_i = (1 + 1/(2r)) x̂_i − 1/(2r) x̂_{i−1}`, `r = h_{i−1}/h`; first order on the first step
 /// and onto σ = 0.
-fn dpm_solver_2m(
-    d: &Counting,
-    sch: &Schedule,
-    x_t: &Tensor,
-    grid: &[f64],
-    rec: &mut Recorder,
-) -> Result<Tensor> {
+fn dpm_solver_2m(c: &Solve, x_t: &Tensor, rec: &mut Recorder) -> Result<Tensor> {
+    let (d, sch, grid) = (&c.denoiser, c.schedule, c.grid);
     let mut z = x_t.shallow_clone();
     let mut prev: Option<(Tensor, f64)> = None; // (x̂_{i−1}, h_{i−1})
     for i in 0..grid.len() - 1 {

@@ -3,7 +3,7 @@
 use dsno::denoiser::{Denoiser, GaussianDenoiser, MixtureDenoiser, Prediction, PredictionDenoiser};
 use dsno::rng::{noise, Rng};
 use dsno::schedule::Schedule;
-use dsno::solver::{solve, Solver};
+use dsno::solver::Solver;
 use tch::{Device, Kind, Tensor};
 
 const SCHEDULES: [fn() -> Schedule; 3] = [Schedule::vp_cosine, Schedule::vp_linear, Schedule::edm];
@@ -29,7 +29,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 fn endpoint_error(solver: Solver, schedule: Schedule, grid: &[f64]) -> f64 {
     let den = gaussian(schedule);
     let x = x_t(&schedule, grid[0], 64);
-    let traj = solve(solver, &den, &schedule, &x, grid, &[]).unwrap();
+    let traj = solver.solve(&den, &schedule, &x, grid, &[]).unwrap();
     let exact = den.exact_flow(&x, grid[0], grid[grid.len() - 1]);
     rel_err(&traj.end, &exact)
 }
@@ -225,7 +225,7 @@ fn solvers_on_a_mixture_land_on_its_modes() {
             * schedule.sigma(schedule.t_range().1);
         for solver in Solver::ALL {
             let grid = solver.default_grid(&schedule, 50);
-            let end = solve(solver, &den, &schedule, &x, &grid, &[]).unwrap().end;
+            let end = solver.solve(&den, &schedule, &x, &grid, &[]).unwrap().end;
             // distance to the nearest mode
             let dist = (end.unsqueeze(1) - den.means.unsqueeze(0))
                 .square()
@@ -280,7 +280,9 @@ fn recorded_predictions_match_a_hand_rolled_loop() {
             want_z.push(z.shallow_clone());
         }
     }
-    let traj = solve(Solver::Ddim, &den, &schedule, &x, &grid, &times).unwrap();
+    let traj = Solver::Ddim
+        .solve(&den, &schedule, &x, &grid, &times)
+        .unwrap();
     assert_eq!(traj.nfe, 16);
     for m in 0..4 {
         assert!(
@@ -311,7 +313,9 @@ fn recorded_predictions_match_a_hand_rolled_loop() {
         }
         prev = Some((xh, h));
     }
-    let traj = solve(Solver::DpmSolver2M, &den, &schedule, &x, &grid, &times).unwrap();
+    let traj = Solver::DpmSolver2M
+        .solve(&den, &schedule, &x, &grid, &times)
+        .unwrap();
     assert_eq!(traj.nfe, 16);
     for (m, want) in want_x.iter().enumerate() {
         assert!(rel_err(&traj.x_hat[m], want) < 1e-10, "2M x̂ slot {m}");
@@ -322,7 +326,7 @@ fn recorded_predictions_match_a_hand_rolled_loop() {
     // recorded state (the definition of their recorded prediction).
     let all: Vec<f64> = grid[1..].to_vec();
     for solver in [Solver::Euler, Solver::Heun] {
-        let traj = solve(solver, &den, &schedule, &x, &grid, &all).unwrap();
+        let traj = solver.solve(&den, &schedule, &x, &grid, &all).unwrap();
         // Heun: two evaluations per step, one on the last step onto t = 0
         assert_eq!(traj.nfe, if solver == Solver::Heun { 31 } else { 16 });
         let mut z_prev = x.shallow_clone();
@@ -343,7 +347,9 @@ fn recorded_predictions_match_a_hand_rolled_loop() {
     let edm = Schedule::edm();
     let den = MixtureDenoiser::eight_gaussians(2.0, 0.1, edm);
     let g = edm.default_grid(10);
-    let traj = solve(Solver::Heun, &den, &edm, &(&x * 80.0), &g, &[0.0]).unwrap();
+    let traj = Solver::Heun
+        .solve(&den, &edm, &(&x * 80.0), &g, &[0.0])
+        .unwrap();
     assert_eq!(traj.nfe, 19);
 }
 
@@ -380,7 +386,8 @@ fn bad_input_is_a_clear_error() {
     let den = gaussian(schedule);
     let x = x_t(&schedule, 1.0, 2);
     let err = |grid: &[f64], rec: &[f64], x: &Tensor| {
-        solve(Solver::DpmSolver2M, &den, &schedule, x, grid, rec)
+        Solver::DpmSolver2M
+            .solve(&den, &schedule, x, grid, rec)
             .unwrap_err()
             .to_string()
     };

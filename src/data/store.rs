@@ -49,9 +49,7 @@ impl Manifest {
 
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::file(&path, format!("cannot read the trajectory manifest: {e}")))?;
-        Self::parse(&text, &path)
+        Self::parse(&crate::util::fsio::read_text(&path)?, &path)
     }
 
     /// Parses and checks manifest text; `path` names it in errors.

@@ -60,9 +60,7 @@ fn default_modes() -> i64 {
 
 impl DistillConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&crate::util::fsio::read_text(path)?, path)
     }
 
     /// Parses and checks a TOML config; errors name the file.

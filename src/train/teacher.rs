@@ -145,9 +145,7 @@ impl TeacherConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&crate::util::fsio::read_text(path)?, path)
     }
 }
 

@@ -45,3 +45,20 @@ pub fn write_atomic_with(
         )
     })
 }
+
+/// The largest text file read (configs, manifests): 64 MiB.
+pub const MAX_TEXT_BYTES: u64 = 64 << 20;
+
+/// Reads a text file (a config, a manifest) of at most [`MAX_TEXT_BYTES`]; errors name the file.
+pub fn read_text(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?
+        .len();
+    if len > MAX_TEXT_BYTES {
+        return Err(Error::file(
+            path,
+            format!("{len} bytes: a config or manifest is at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))
+}
