@@ -29,7 +29,7 @@ impl Teacher {
             ));
         }
         let mut vs = nn::VarStore::new(device);
-        let net = ck.meta.model.build(&vs.root())?;
+        let net = ck.meta.model.build(&vs.root()).map_err(|e| e.in_file(path))?;
         ck.load_into(&vs, "", path)?;
         vs.freeze();
         Ok(Teacher {
@@ -111,7 +111,8 @@ impl OneStep {
             modes,
         };
         let mut vs = nn::VarStore::new(device);
-        let net = Generator::new(&vs.root(), method, &cfg, ck.meta.schedule)?;
+        let net = Generator::new(&vs.root(), method, &cfg, ck.meta.schedule)
+            .map_err(|e| e.in_file(path))?;
         ck.load_into(&vs, "", path)?;
         vs.freeze();
         Ok(OneStep {

@@ -34,21 +34,16 @@
 //! `DSNO_FUZZ_MEM_MB` (the worker's address-space limit, default 6144). `scripts/fuzz.sh` runs
 //! the long budget with a random seed.
 //!
-//! ## Accepted-but-invalid config values (findings, not failures)
-//! The config target does not assert the validity of values (another change adds that
-//! validation); it counts them (`note` lines of the summary). Seen accepted by `from_toml` on
-//! commit 3197dd5 (scripts/fuzz.sh, 60–75 s):
-//! - both configs: `train.lr` ≤ 0, ≥ 10, nan or inf (e.g. `lr = -1`, `lr = nan`, `lr = 1e30`);
-//!   `train.steps = 0`; `train.batch_size = 0`; `train.checkpoint_every = 0`,
-//!   `train.log_every = 0`; `train.ema_decay` outside [0, 1] (e.g. -1, 1e30); `train.grad_clip`
-//!   < 0 or nan; `train.warmup` > `train.steps` (suspicious rather than invalid);
-//! - teacher: schedule parameters nan/inf or inverted (`lambda_min ≥ lambda_max`, `beta_max`
-//!   < `beta_min`, `sigma_min ≥ sigma_max`, `rho ≤ 0`); unknown `data.name` (toy2d and IDX);
-//!   `[model]` values that only `ModelConfig::build` rejects (`dropout = 1.5`, `dim = 0`,
-//!   `num_heads = 0`, …) or that make it panic (failures of this target: `channel_mult`
-//!   with 0 or negative entries, `channels` or `hidden` near i64::MAX);
-//! - distillation: `modes` < 1; `dropout` outside [0, 1) or nan; `times` empty, negative, nan or
-//!   not decreasing.
+//! ## Findings
+//! The first long runs (commit 3197dd5, before the validation of docs/FORMATS.md §10) found
+//! panics, aborts and accepted garbage in the checkpoint, store and config targets: unbounded
+//! `num_res_blocks` / `blocks` / `channels`, `channel_mult` with 0 or negative entries,
+//! `image_size = 0`, NaN weights, invalid output times and schedules, `shard_size = 0`,
+//! count-sized allocations before the shape check, shards of the wrong dtype, errors without
+//! the file's name; the config target also saw `lr ≤ 0`, `steps = 0`, `batch_size = 0`,
+//! `ema_decay` outside [0, 1), negative `grad_clip`, inverted schedules and unknown data set
+//! names accepted. Their minimal inputs are the corpus, replayed first by every run; all are
+//! now refused with an error naming the file and the field.
 use dsno::checkpoint::{self, CheckpointMeta, ModelKind};
 use dsno::data::idx;
 use dsno::data::store::{load_store, parse_shard, shard_path, Manifest, Shard, FORMAT};
@@ -86,19 +81,16 @@ fn fuzz_idx() {
 }
 
 #[test]
-#[ignore = "finding: Teacher::load / OneStep::from_checkpoint panic, abort or accept garbage on mutated metadata; errors without the path (tests/fuzz-corpus/checkpoint)"]
 fn fuzz_checkpoint() {
     fuzz("checkpoint", "fuzz_checkpoint");
 }
 
 #[test]
-#[ignore = "finding: Manifest::parse accepts shard_size 0, bad shapes, times, dtypes; load_store divides by zero; parse_shard allocates count-sized vectors (tests/fuzz-corpus/store)"]
 fn fuzz_store() {
     fuzz("store", "fuzz_store");
 }
 
 #[test]
-#[ignore = "finding: UNetConfig::num_params/plan and ModelConfig::build panic or abort on accepted configs (tests/fuzz-corpus/config)"]
 fn fuzz_config() {
     fuzz("config", "fuzz_config");
 }

@@ -131,20 +131,27 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     want_x.extend(&m.sample_shape);
     let mut want_t = vec![n, mt];
     want_t.extend(&m.sample_shape);
-    let expect: Vec<i64> = (lo as i64..hi as i64).collect();
-    if shard.x_t.size() != want_x
-        || shard.targets.size() != want_t
-        || shard.lambdas.size() != [mt]
-        || Vec::<i64>::try_from(&shard.indices).ok() != Some(expect)
-    {
-        return Err(Error::file(
-            path,
-            format!(
-                "shard does not match the manifest: x_T {:?} (want {want_x:?}), targets {:?} (want {want_t:?}), indices of samples {lo}..{hi}",
-                shard.x_t.size(),
-                shard.targets.size()
-            ),
-        ));
+    let stored = if m.dtype == "f16" { Kind::Half } else { Kind::Float };
+    let mismatch = |what: String| {
+        Error::file(path, format!("shard does not match the manifest: {what}"))
+    };
+    for (name, t, shape, kind) in [
+        ("x_T", &shard.x_t, &want_x[..], stored),
+        ("targets", &shard.targets, &want_t[..], stored),
+        ("lambdas", &shard.lambdas, &[mt][..], Kind::Float),
+        ("indices", &shard.indices, &[n][..], Kind::Int64),
+    ] {
+        if t.size() != shape || t.kind() != kind {
+            return Err(mismatch(format!(
+                "`{name}` is {:?} {:?}, want {kind:?} {shape:?}",
+                t.kind(),
+                t.size()
+            )));
+        }
+    }
+    let expect = Tensor::arange_start(lo as i64, hi as i64, (Kind::Int64, tch::Device::Cpu));
+    if !shard.indices.equal(&expect) {
+        return Err(mismatch(format!("`indices` are not the samples {lo}..{hi}")));
     }
     Ok(shard)
 }
