@@ -224,6 +224,94 @@ pub(crate) fn verify_checksum(bytes: &[u8], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The metadata key of a part written by [`split`]: `k/n`.
+pub const PART_KEY: &str = "part";
+
+/// Splits the checkpoint at `path` into parts of at most `max_bytes` of tensor data each (whole
+/// tensors, in name order), written into `dir` as `<stem>.part-<k>.safetensors`; each part is a
+/// checkpoint with the same metadata and `part = "k/n"`. [`join`] puts them back together,
+/// byte for byte. For moving training state through channels with a file-size limit.
+pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::PathBuf>> {
+    let ck = load(path)?;
+    let mut parts: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let mut size = 0u64;
+    for (name, t) in &ck.tensors {
+        let bytes = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        if bytes > max_bytes {
+            return Err(Error::file(
+                path,
+                format!("tensor `{name}` alone has {bytes} bytes, more than a part's {max_bytes}"),
+            ));
+        }
+        if size + bytes > max_bytes {
+            parts.push(vec![]);
+            size = 0;
+        }
+        size += bytes;
+        parts
+            .last_mut()
+            .expect("a part")
+            .push((name.clone(), t.shallow_clone()));
+    }
+    let json = serde_json::to_string(&ck.meta)
+        .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    let n = parts.len();
+    let mut out = vec![];
+    for (k, tensors) in parts.iter().enumerate() {
+        let file = dir.join(format!("{stem}.part-{k}.safetensors"));
+        let info = BTreeMap::from([
+            ("dsno".to_string(), json.clone()),
+            ("format".to_string(), "dsno-checkpoint-1".to_string()),
+            (PART_KEY.to_string(), format!("{k}/{n}")),
+        ]);
+        write_safetensors(&file, tensors, None, info)?;
+        out.push(file);
+    }
+    Ok(out)
+}
+
+/// Joins the parts written by [`split`] (all of them, any order) into the checkpoint `out`.
+pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
+    let mut meta: Option<CheckpointMeta> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = None;
+    let mut tensors: Vec<(String, Tensor)> = vec![];
+    for p in parts {
+        let bytes = std::fs::read(p).map_err(|e| Error::file(p, format!("cannot read: {e}")))?;
+        let ck = load_bytes(&bytes, p)?;
+        let part = metadata_value(&bytes, p, PART_KEY, "a part of a split checkpoint")?;
+        let (k, n) = part
+            .split_once('/')
+            .and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|(k, n)| k < n)
+            .ok_or_else(|| Error::file(p, format!("bad part `{part}`")))?;
+        if *total.get_or_insert(n) != n || !seen.insert(k) {
+            return Err(Error::file(
+                p,
+                format!("part {k}/{n} does not fit the other parts"),
+            ));
+        }
+        if meta.get_or_insert_with(|| ck.meta.clone()) != &ck.meta {
+            return Err(Error::file(p, "a part of another checkpoint"));
+        }
+        tensors.extend(ck.tensors);
+    }
+    let (Some(meta), Some(n)) = (meta, total) else {
+        return Err(Error::invalid("no parts to join"));
+    };
+    if seen.len() != n {
+        return Err(Error::file(
+            out,
+            format!("{} of {n} parts given", seen.len()),
+        ));
+    }
+    save(out, &meta, &tensors, None)
+}
+
 /// Reads a checkpoint (tensors on the CPU, in their stored kind).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path)

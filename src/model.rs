@@ -29,7 +29,11 @@ impl Teacher {
             ));
         }
         let mut vs = nn::VarStore::new(device);
-        let net = ck.meta.model.build(&vs.root()).map_err(|e| e.in_file(path))?;
+        let net = ck
+            .meta
+            .model
+            .build(&vs.root())
+            .map_err(|e| e.in_file(path))?;
         ck.load_into(&vs, "", path)?;
         vs.freeze();
         Ok(Teacher {

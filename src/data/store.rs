@@ -131,10 +131,13 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     want_x.extend(&m.sample_shape);
     let mut want_t = vec![n, mt];
     want_t.extend(&m.sample_shape);
-    let stored = if m.dtype == "f16" { Kind::Half } else { Kind::Float };
-    let mismatch = |what: String| {
-        Error::file(path, format!("shard does not match the manifest: {what}"))
+    let stored = if m.dtype == "f16" {
+        Kind::Half
+    } else {
+        Kind::Float
     };
+    let mismatch =
+        |what: String| Error::file(path, format!("shard does not match the manifest: {what}"));
     for (name, t, shape, kind) in [
         ("x_T", &shard.x_t, &want_x[..], stored),
         ("targets", &shard.targets, &want_t[..], stored),
@@ -151,7 +154,9 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     }
     let expect = Tensor::arange_start(lo as i64, hi as i64, (Kind::Int64, tch::Device::Cpu));
     if !shard.indices.equal(&expect) {
-        return Err(mismatch(format!("`indices` are not the samples {lo}..{hi}")));
+        return Err(mismatch(format!(
+            "`indices` are not the samples {lo}..{hi}"
+        )));
     }
     Ok(shard)
 }
@@ -184,7 +189,8 @@ pub fn load_store(dir: &Path) -> Result<Store> {
     crate::util::memory::check_memory(
         "loading the trajectory store (float32, twice while joined)",
         8.0 * floats,
-    )?;
+    )
+    .map_err(|e| e.in_file(&dir.join("manifest.json")))?;
     let mut xs = vec![];
     let mut ts = vec![];
     for j in 0..manifest.shards() {

@@ -117,15 +117,20 @@ impl UNetConfig {
             self.image_size % down == 0,
             &format!("divisible by 2^{} for {levels} levels", levels - 1),
         )?;
-        for b in self.plan() {
-            if b.attn {
-                check(b.out % self.num_heads == 0, || {
-                    format!(
-                        "unet: {} channels at resolution {} do not split into {} heads",
-                        b.out, b.res, self.num_heads
-                    )
-                })?;
-            }
+        // every attention layer, the middle block's included, splits its channels into heads
+        let (mc, mr) = self.mid();
+        let attn = self
+            .plan()
+            .into_iter()
+            .filter(|b| b.attn)
+            .map(|b| (b.out, b.res));
+        for (c, res) in attn.chain([(mc, mr)]) {
+            check(c % self.num_heads == 0, || {
+                format!(
+                    "field `model.num_heads` = {}: the {c} channels of the attention at resolution {res} do not split into {} heads",
+                    self.num_heads, self.num_heads
+                )
+            })?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! Exit status: 0 success, 1 error, 2 usage error (clap), 130 / 143 a training run stopped by
 //! SIGINT (Ctrl-C) / SIGTERM after saving its checkpoint.
 mod bench;
+mod ckpt;
 mod common;
 mod data;
 mod distill;
@@ -58,6 +59,9 @@ enum Command {
     Export(export::Args),
     /// Data sets: `dsno data fetch mnist` downloads and verifies one.
     Data(data::Args),
+    /// Checkpoints as parts of bounded size (`split`), and back (`join`); `info` prints the kind
+    /// and step.
+    Checkpoint(ckpt::Args),
 }
 
 const EXIT_STATUS: &str = "Exit status: 0 success, 1 error, 2 usage error, 130 a training run \
@@ -102,6 +106,7 @@ fn run() -> ExitCode {
         Command::Export(a) => export::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a, device),
         Command::Data(a) => data::run(a),
+        Command::Checkpoint(a) => ckpt::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,69 @@
+//! `dsno checkpoint split|join|info`: a checkpoint as parts of bounded size, and back; what a
+//! checkpoint is.
+use anyhow::Result;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// Split a checkpoint into parts of at most --max-mib MiB of tensor data each
+    /// (<stem>.part-<k>.safetensors in --out-dir).
+    Split {
+        /// The checkpoint.
+        file: PathBuf,
+        /// Folder for the parts.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// The largest part, in MiB of tensor data.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_mib: u64,
+    },
+    /// Print what a checkpoint is: its kind, training step and data set (from its header).
+    Info {
+        /// The checkpoint.
+        file: PathBuf,
+    },
+    /// Join the parts of a split checkpoint (all of them) into one file, byte for byte the
+    /// original.
+    Join {
+        /// The parts.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// The joined checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.action {
+        Action::Split {
+            file,
+            out_dir,
+            max_mib,
+        } => {
+            let parts = dsno::checkpoint::split(&file, &out_dir, max_mib << 20)?;
+            println!(
+                "{} → {} parts in {}",
+                file.display(),
+                parts.len(),
+                out_dir.display()
+            );
+        }
+        Action::Info { file } => {
+            let m = dsno::model::peek(&file)?;
+            println!("kind {:?} step {} dataset {}", m.kind, m.step, m.dataset);
+        }
+        Action::Join { parts, out } => {
+            dsno::checkpoint::join(&parts, &out)?;
+            println!("{} parts → {}", parts.len(), out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
