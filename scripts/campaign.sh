@@ -34,7 +34,12 @@ PART_MIB=${PART_MIB:-15}
 start=$SECONDS
 left() { echo $(( BUDGET - RESERVE - (SECONDS - start) )); }
 dsno() { "$DSNO" --device "$DEVICE" "$@"; }
-step() { if [ -f "$1" ]; then dsno checkpoint info "$1" | awk '{print $4}'; else echo 0; fi; }
+step() {
+  if [ ! -f "$1" ]; then echo 0; return; fi
+  local s
+  s=$(dsno checkpoint info "$1" | awk '{print $4}') && [ -n "$s" ] || { echo "cannot read $1" >&2; exit 1; }
+  echo "$s"
+}
 resume() { if [ -f "$1/ckpt.safetensors" ]; then echo --resume; fi; }
 # runs a training command until it ends or the budget does (SIGTERM: saved, exit 143)
 bounded() {
@@ -54,28 +59,32 @@ for run in teacher dsno kd; do
   fi
 done
 # 2. the teacher, until it has its steps
-if [ "$(step "$W/teacher/ckpt.safetensors")" -lt "$TEACHER_STEPS" ]; then
+teacher_step=$(step "$W/teacher/ckpt.safetensors")
+if [ "$teacher_step" -lt "$TEACHER_STEPS" ]; then
   init=()
-  [ -n "$INIT" ] && [ ! -f "$W/teacher/ckpt.safetensors" ] && init=(--init "$INIT")
+  if [ -n "$INIT" ] && [ ! -f "$W/teacher/ckpt.safetensors" ]; then init=(--init "$INIT"); fi
   bounded "$DSNO" --device "$DEVICE" train-teacher --config "$TEACHER_CONFIG" \
-    --steps "$TEACHER_STEPS" --out "$W/teacher" $(resume "$W/teacher") "${init[@]}"
+    --steps "$TEACHER_STEPS" --out "$W/teacher" $(resume "$W/teacher") ${init[@]+"${init[@]}"}
+  teacher_step=$(step "$W/teacher/ckpt.safetensors")
 fi
 # 3. the teacher done: its store, then DSNO and KD side by side
 T="$W/teacher/model.safetensors"
-if [ "$(step "$W/teacher/ckpt.safetensors")" -ge "$TEACHER_STEPS" ]; then
+failed=0
+if [ "$teacher_step" -ge "$TEACHER_STEPS" ]; then
   bounded "$DSNO" --device "$DEVICE" trajectories --teacher "$T" --solver dpmpp2m \
     --steps "$SOLVER_STEPS" --times "$TIMES" --count "$COUNT" --out "$W/traj"
   if [ -f "$W/traj/manifest.json" ] && [ "$(left)" -gt 5 ]; then
     steps=()
-    [ -n "$DISTILL_STEPS" ] && steps=(--steps "$DISTILL_STEPS")
+    if [ -n "$DISTILL_STEPS" ]; then steps=(--steps "$DISTILL_STEPS"); fi
     pids=()
     for m in dsno kd; do
       bounded "$DSNO" --device "$DEVICE" distill --teacher "$T" --trajectories "$W/traj" \
-        --config "$DISTILL_CONFIG" --method $m --out "$W/$m" $(resume "$W/$m") "${steps[@]}" \
+        --config "$DISTILL_CONFIG" --method $m --out "$W/$m" $(resume "$W/$m") ${steps[@]+"${steps[@]}"} \
         > "$W/$m.out" 2>&1 &
       pids+=($!)
     done
-    for p in "${pids[@]}"; do wait "$p" || { echo "a distillation failed:"; cat "$W"/*.out; exit 1; }; done
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    if [ "$failed" -ne 0 ]; then echo "a distillation failed:"; cat "$W"/*.out; fi
   fi
 fi
 # 4. bring back every run's state, in parts
@@ -87,3 +96,4 @@ for run in teacher dsno kd; do
   echo "$(date -u +%FT%TZ) $run step $(step "$W/$run/ckpt.safetensors")" >> "$OUT/progress.log"
 done
 echo "window done in $((SECONDS - start)) s; bring back $OUT"
+exit "$failed"

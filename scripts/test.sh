@@ -9,7 +9,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
 cd "$root"
-if [ -z "${DSNO_DATA:-}" ] && [ -d "$root/../shared/data/mnist" ]; then
+if [ -z "${DSNO_DATA:-}" ] && [ -d "$root/../shared/data/mnist" ] \
+  && [ -d "$root/../shared/data/fashion-mnist" ]; then
   export DSNO_DATA="$root/../shared/data"
 fi
 if [ -z "${DSNO_DATA:-}" ]; then

@@ -167,16 +167,19 @@ pub(crate) fn write_safetensors(
         .map(|(n, t)| Ok((n.clone(), raw(t, store)?)))
         .collect::<Result<_>>()?;
     raws.sort_by(|a, b| a.0.cmp(&b.0));
-    write_atomic(path, &serialize(&raws, info))
+    write_atomic(path, &serialize(&raws, info).map_err(|e| e.in_file(path))?)
 }
 
 /// The safetensors bytes of `raws` (in the given order) with metadata `info` and its checksum.
-fn serialize(raws: &[(String, Raw)], mut info: BTreeMap<String, String>) -> Vec<u8> {
+fn serialize(raws: &[(String, Raw)], mut info: BTreeMap<String, String>) -> Result<Vec<u8>> {
     use sha2::Digest;
     let mut header = serde_json::Map::new();
     let mut data: Vec<u8> = Vec::with_capacity(raws.iter().map(|r| r.1.data.len()).sum());
     let mut entries = BTreeMap::new();
     for (name, r) in raws {
+        if entries.contains_key(name) {
+            return Err(Error::invalid(format!("tensor `{name}` written twice")));
+        }
         let begin = data.len();
         data.extend_from_slice(&r.data);
         entries.insert(
@@ -197,7 +200,19 @@ fn serialize(raws: &[(String, Raw)], mut info: BTreeMap<String, String>) -> Vec<
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(&data);
-    out
+    Ok(out)
+}
+
+/// The SHA-256 (hex) of the data section [`serialize`] writes for `raws` (sorted by name).
+fn data_checksum(raws: &[(String, Raw)]) -> String {
+    use sha2::Digest;
+    let mut sorted: Vec<&(String, Raw)> = raws.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = sha2::Sha256::new();
+    for (_, r) in sorted {
+        h.update(&r.data);
+    }
+    hex(&h.finalize())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -227,6 +242,10 @@ pub(crate) fn verify_checksum(bytes: &[u8], path: &Path) -> Result<()> {
 /// The metadata key of a part written by [`split`]: `k/n`.
 pub const PART_KEY: &str = "part";
 
+/// The metadata key of a part written by [`split`]: the SHA-256 of the whole checkpoint's
+/// tensor data, which [`join`] checks its result against.
+pub const WHOLE_KEY: &str = "whole_sha256";
+
 /// Splits the checkpoint at `path` into parts of at most `max_bytes` of tensor data each (whole
 /// tensors, in name order), written into `dir` as `<stem>.part-<k>.safetensors`; each part is a
 /// checkpoint with the same metadata and `part = "k/n"`. [`join`] puts them back together,
@@ -255,6 +274,14 @@ pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::P
     }
     let json = serde_json::to_string(&ck.meta)
         .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
+    let whole = {
+        let all: Vec<(String, Raw)> = ck
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), raw(t, None)?)))
+            .collect::<Result<_>>()?;
+        data_checksum(&all)
+    };
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -267,6 +294,7 @@ pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::P
             ("dsno".to_string(), json.clone()),
             ("format".to_string(), "dsno-checkpoint-1".to_string()),
             (PART_KEY.to_string(), format!("{k}/{n}")),
+            (WHOLE_KEY.to_string(), whole.clone()),
         ]);
         write_safetensors(&file, tensors, None, info)?;
         out.push(file);
@@ -279,7 +307,8 @@ pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
     let mut meta: Option<CheckpointMeta> = None;
     let mut seen = std::collections::BTreeSet::new();
     let mut total = None;
-    let mut tensors: Vec<(String, Tensor)> = vec![];
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut whole = None;
     for p in parts {
         let bytes = std::fs::read(p).map_err(|e| Error::file(p, format!("cannot read: {e}")))?;
         let ck = load_bytes(&bytes, p)?;
@@ -295,10 +324,17 @@ pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
                 format!("part {k}/{n} does not fit the other parts"),
             ));
         }
-        if meta.get_or_insert_with(|| ck.meta.clone()) != &ck.meta {
+        let w = metadata_value(&bytes, p, WHOLE_KEY, "a part of a split checkpoint")?;
+        if meta.get_or_insert_with(|| ck.meta.clone()) != &ck.meta
+            || whole.get_or_insert_with(|| w.clone()) != &w
+        {
             return Err(Error::file(p, "a part of another checkpoint"));
         }
-        tensors.extend(ck.tensors);
+        for (name, t) in ck.tensors {
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(Error::file(p, format!("tensor `{name}` is in two parts")));
+            }
+        }
     }
     let (Some(meta), Some(n)) = (meta, total) else {
         return Err(Error::invalid("no parts to join"));
@@ -307,6 +343,17 @@ pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
         return Err(Error::file(
             out,
             format!("{} of {n} parts given", seen.len()),
+        ));
+    }
+    let tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    let raws: Vec<(String, Raw)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), raw(t, None)?)))
+        .collect::<Result<_>>()?;
+    if Some(data_checksum(&raws)) != whole {
+        return Err(Error::file(
+            out,
+            "the parts do not make up the checkpoint they were split from (its checksum differs)",
         ));
     }
     save(out, &meta, &tensors, None)

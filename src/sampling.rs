@@ -21,15 +21,21 @@ pub struct Noise {
 }
 
 impl Noise {
-    /// Float32 noise of samples of `shape`, scaled to the schedule's σ at its noise end t_max.
-    pub fn at_t_max(seed: u64, shape: Vec<i64>, schedule: &Schedule, device: Device) -> Self {
+    /// Float32 noise of samples of `shape`, scaled to the schedule's σ at time `t` (where a
+    /// solver's grid starts).
+    pub fn at(seed: u64, shape: Vec<i64>, schedule: &Schedule, t: f64, device: Device) -> Self {
         Noise {
             seed,
             shape,
-            scale: schedule.sigma(schedule.t_range().1),
+            scale: schedule.sigma(t),
             kind: Kind::Float,
             device,
         }
+    }
+
+    /// [`Noise::at`] the schedule's noise end t_max (where a one-step generator starts).
+    pub fn at_t_max(seed: u64, shape: Vec<i64>, schedule: &Schedule, device: Device) -> Self {
+        Self::at(seed, shape, schedule, schedule.t_range().1, device)
     }
 
     /// x_T of the items `range`, `[len, shape…]`.

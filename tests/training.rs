@@ -302,3 +302,43 @@ fn peek_reads_the_checkpoint_header_alone() {
     assert!(e.contains("cut.safetensors"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn split_checkpoints_join_back_byte_for_byte_and_refuse_bad_parts() {
+    let dir = common::tempdir("split");
+    let src = common::model("mnist-teacher.safetensors");
+    // re-save with this version's writer, so that the file carries its checksum
+    let ck = checkpoint::load(&src).unwrap();
+    let tensors: Vec<_> = ck
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let whole = dir.join("teacher.safetensors");
+    checkpoint::save(&whole, &ck.meta, &tensors, None).unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let parts = checkpoint::split(&whole, &a, 1 << 20).unwrap();
+    assert!(parts.len() >= 2, "{} parts", parts.len());
+    for p in &parts {
+        // at most 1 MiB of tensor data, plus its header
+        assert!(std::fs::metadata(p).unwrap().len() < (1 << 20) + (64 << 10));
+    }
+    let joined = dir.join("joined.safetensors");
+    let mut shuffled = parts.clone();
+    shuffled.reverse();
+    checkpoint::join(&shuffled, &joined).unwrap();
+    assert_eq!(common::file_sha256(&whole), common::file_sha256(&joined));
+    // a missing part, a part given twice, parts of two different splits: refused
+    let e = checkpoint::join(&parts[1..], &joined)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("parts given"), "{e}");
+    let twice = [parts.clone(), vec![parts[0].clone()]].concat();
+    assert!(checkpoint::join(&twice, &joined).is_err());
+    let other = checkpoint::split(&whole, &b, 1 << 19).unwrap();
+    let mixed = [&parts[..1], &other[1..parts.len()]].concat();
+    assert!(checkpoint::join(&mixed, &joined).is_err());
+    std::fs::remove_dir_all(dir).ok();
+}

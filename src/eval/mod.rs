@@ -109,6 +109,15 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
     let sample: f64 = Classifier::INPUT_SHAPE.iter().product::<i64>() as f64;
     let bytes = 4.0 * o.count as f64 * sample * rows as f64;
     crate::util::memory::check_memory(&format!("{} samples of {rows} methods", o.count), bytes)?;
+    for (what, images) in [("training", &inp.train_images), ("test", &inp.test_images)] {
+        let s = images.size();
+        if s.len() != 4 || s[0] < 2 || s[1..] != Classifier::INPUT_SHAPE {
+            return Err(Error::invalid(format!(
+                "the real {what} images have shape {s:?}: the feature classifier scores at least two {:?} images",
+                Classifier::INPUT_SHAPE
+            )));
+        }
+    }
     let shape = inp.teacher.meta.model.sample_shape();
     if shape != Classifier::INPUT_SHAPE {
         return Err(Error::invalid(format!(

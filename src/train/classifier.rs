@@ -72,7 +72,11 @@ pub fn train(
 
 /// Labels must be one per image and name one of the classifier's classes.
 fn check_labels(images: &Tensor, labels: &Tensor) -> Result<()> {
-    let (n, k) = (images.size()[0], labels.size()[0]);
+    check_images(images)?;
+    let (n, k) = (
+        images.size()[0],
+        labels.size().first().copied().unwrap_or(0),
+    );
     if labels.dim() != 1 || n != k {
         return Err(Error::invalid(format!(
             "{n} images but {k} labels: the label file must hold one label per image"
@@ -83,6 +87,18 @@ fn check_labels(images: &Tensor, labels: &Tensor) -> Result<()> {
         return Err(Error::invalid(format!(
             "labels range over {lo}..={hi}, the classifier has classes 0..={}",
             Classifier::CLASSES - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Images must be a non-empty set of the classifier's input shape.
+pub fn check_images(images: &Tensor) -> Result<()> {
+    let s = images.size();
+    if s.len() != 4 || s[0] == 0 || s[1..] != Classifier::INPUT_SHAPE {
+        return Err(Error::invalid(format!(
+            "images of shape {s:?}: the classifier reads a non-empty set of {:?} images",
+            Classifier::INPUT_SHAPE
         )));
     }
     Ok(())

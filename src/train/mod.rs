@@ -318,26 +318,28 @@ impl<'a> Run<'a> {
             adam.split(&adam.ema),
         );
         for (i, (name, p)) in adam.params.iter_mut().enumerate() {
-            let src = get(format!("{TRAIN_PREFIX}params/{name}"))?;
-            if src.size() != p.size() {
-                return Err(Error::file(
-                    &path,
-                    format!(
-                        "tensor `{name}`: shape {:?}, model {:?}",
-                        src.size(),
-                        p.size()
-                    ),
-                ));
-            }
-            p.copy_(&src.to_device(p.device()));
-            let mut dst = [
-                m[i].shallow_clone(),
-                v[i].shallow_clone(),
-                ema[i].shallow_clone(),
+            let sources = [
+                (format!("{TRAIN_PREFIX}params/{name}"), p.shallow_clone()),
+                (format!("{TRAIN_PREFIX}adam_m/{name}"), m[i].shallow_clone()),
+                (format!("{TRAIN_PREFIX}adam_v/{name}"), v[i].shallow_clone()),
+                (name.clone(), ema[i].shallow_clone()),
             ];
-            dst[0].copy_(get(format!("{TRAIN_PREFIX}adam_m/{name}"))?);
-            dst[1].copy_(get(format!("{TRAIN_PREFIX}adam_v/{name}"))?);
-            dst[2].copy_(get(name.clone())?);
+            for (key, mut dst) in sources {
+                let src = get(key.clone())?;
+                if src.size() != dst.size() || !src.is_floating_point() {
+                    return Err(Error::file(
+                        &path,
+                        format!(
+                            "tensor `{key}`: {:?} {:?}, the model has {:?} {:?}",
+                            src.kind(),
+                            src.size(),
+                            dst.kind(),
+                            dst.size()
+                        ),
+                    ));
+                }
+                dst.f_copy_(&src.to_kind(dst.kind()).to_device(dst.device()))?;
+            }
         }
         Ok(ck.meta.step)
     }
@@ -372,15 +374,38 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let log_existed = self.files.log().exists();
+        // what a fresh run that fails before its first checkpoint puts back
+        let old_log = std::fs::read(self.files.log()).ok();
+        let first_new = (!existed).then(|| {
+            let mut d = dir.as_path();
+            while let Some(p) = d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+            {
+                d = p;
+            }
+            d.to_path_buf()
+        });
         let mut saved = None;
         let result = self.steps(resume, objective, &mut saved);
         if result.is_err() && !resume && saved.is_none() {
-            if !log_existed {
-                let _ = std::fs::remove_file(self.files.log());
+            match old_log {
+                Some(bytes) => {
+                    let _ = crate::util::fsio::write_atomic(&self.files.log(), &bytes);
+                }
+                None => {
+                    let _ = std::fs::remove_file(self.files.log());
+                }
             }
-            if !existed {
-                let _ = std::fs::remove_dir(dir);
+            if let Some(d) = first_new {
+                // only folders this run created, and only while empty
+                let mut p = dir.as_path();
+                while std::fs::remove_dir(p).is_ok() && p != d {
+                    match p.parent() {
+                        Some(q) => p = q,
+                        None => break,
+                    }
+                }
             }
         }
         result

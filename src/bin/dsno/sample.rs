@@ -50,9 +50,10 @@ pub struct Args {
     /// Also write the raw samples (float, [-1, 1]) as a safetensors file (tensor `samples`).
     #[arg(long)]
     safetensors: Option<PathBuf>,
-    /// Samples per forward pass.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
-    batch: u64,
+    /// Samples per forward pass or solve (default: 64 for one-step models; all of them at once
+    /// for teachers and the toy model).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Option<u64>,
 }
 
 /// The bundled MNIST DSNO model (float16 weights, built into the binary).
@@ -72,10 +73,13 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn options(a: &Args, default_count: u64) -> DrawOptions {
+/// How to draw: `default_count` samples unless --count, in batches of --batch or `batch`
+/// (None: all at once).
+fn options(a: &Args, default_count: u64, batch: Option<u64>) -> DrawOptions {
+    let count = a.count.unwrap_or(default_count);
     DrawOptions {
-        count: a.count.unwrap_or(default_count) as usize,
-        batch: a.batch as usize,
+        count: count as usize,
+        batch: a.batch.or(batch).unwrap_or(count) as usize,
         warm_up: false,
         keep_outputs: a.trajectory.is_some(),
         progress: Some("sample".into()),
@@ -92,14 +96,15 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     let teacher = Teacher::load(path, device)?;
     let schedule = teacher.schedule();
     let grid = a.grid.make(solver, &schedule, a.steps as usize);
-    let noise = Noise::at_t_max(a.seed, teacher.meta.model.sample_shape(), &schedule, device);
+    let shape = teacher.meta.model.sample_shape();
+    let noise = Noise::at(a.seed, shape, &schedule, grid[0], device);
     let sampler = Sampler::Ode {
         denoiser: &teacher,
         schedule,
         solver,
         grid,
     };
-    let d = draw(&sampler, &noise, &options(a, 64))?;
+    let d = draw(&sampler, &noise, &options(a, 64, None))?;
     if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
         let x_t = noise.of(0..d.samples.size()[0] as u64);
         let (w2, w2_noise) = dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.seed ^ 0x5eed)?;
@@ -135,7 +140,7 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
         &model.meta.schedule,
         device,
     );
-    let d = draw(&Sampler::OneStep(model), &noise, &options(a, 64))?;
+    let d = draw(&Sampler::OneStep(model), &noise, &options(a, 64, Some(64)))?;
     write(
         a,
         &d.samples,
@@ -156,7 +161,7 @@ fn toy(a: &Args, device: Device) -> Result<()> {
     let grid = a.grid.make(solver, &schedule, a.steps as usize);
     let noise = Noise {
         kind: Kind::Double,
-        ..Noise::at_t_max(a.seed, vec![2], &schedule, device)
+        ..Noise::at(a.seed, vec![2], &schedule, grid[0], device)
     };
     let sampler = Sampler::Ode {
         denoiser: &den,
@@ -164,14 +169,7 @@ fn toy(a: &Args, device: Device) -> Result<()> {
         solver,
         grid,
     };
-    let d = draw(
-        &sampler,
-        &noise,
-        &DrawOptions {
-            batch: 10_000,
-            ..options(a, 2000)
-        },
-    )?;
+    let d = draw(&sampler, &noise, &options(a, 2000, None))?;
     write(a, &d.samples, None)?;
     println!(
         "toy model (8 Gaussians, exact denoiser), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
