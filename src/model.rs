@@ -4,6 +4,7 @@
 use crate::checkpoint::{self, CheckpointMeta, ClassifierInfo, ModelKind};
 use crate::denoiser::Denoiser;
 use crate::nn::classifier::Classifier;
+use crate::nn::lpips::Lpips;
 use crate::nn::Backbone;
 use crate::operator::{Generator, Method, OperatorConfig};
 use crate::schedule::Schedule;
@@ -194,4 +195,27 @@ pub fn bundled_classifier(dataset: &str) -> Option<&'static [u8]> {
         )),
         _ => None,
     }
+}
+
+/// The LPIPS network with its (frozen) VGG-16 weights.
+pub struct LoadedLpips {
+    pub vs: nn::VarStore,
+    pub net: Lpips,
+}
+
+/// Loads LPIPS's VGG-16 trunk from a safetensors file with torchvision's names
+/// (`features.{i}.weight`, `features.{i}.bias`; other tensors are ignored) onto `device`.
+pub fn load_lpips(path: &Path, device: Device) -> Result<LoadedLpips> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot read the VGG-16 weights for LPIPS: {e}"),
+        )
+    })?;
+    let tensors = checkpoint::read_tensors(&bytes, path)?;
+    let mut vs = nn::VarStore::new(device);
+    let net = Lpips::new(&vs.root());
+    checkpoint::copy_into(&tensors, &vs, "", path, |_| true)?;
+    vs.freeze();
+    Ok(LoadedLpips { vs, net })
 }

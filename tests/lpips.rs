@@ -101,3 +101,82 @@ fn lpips_gradients_match_finite_differences() {
         assert!(rel < 1e-5, "eps {eps}: relative error {rel}");
     }
 }
+
+#[test]
+fn distillation_trains_with_the_lpips_loss() {
+    use dsno::model::Teacher;
+    use dsno::nn::{unet::UNetConfig, ModelConfig};
+    use dsno::train::distill::{distill, DistillConfig, Regression};
+    use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+    use dsno::train::trajectories::{generate, GenerateOptions};
+    let _s = common::serial();
+    let dir = common::tempdir("lpips-distill");
+    // VGG-16 weights as the conversion script writes them (here: the closed-form ones)
+    let vgg = dir.join("vgg16.safetensors");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _net = Lpips::new(&vs.root());
+    deterministic(&vs);
+    dsno::checkpoint::save_tensors(&vgg, &dsno::checkpoint::named(&vs, "")).unwrap();
+    // a tiny 28×28 teacher (2 steps on random images) and a store of 12 trajectories
+    let mut cfg = TeacherConfig::load(&common::root().join("configs/mnist.toml")).unwrap();
+    cfg.model = ModelConfig::Unet(UNetConfig {
+        channels: 8,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        groups: 4,
+        dropout: 0.0,
+        ..UNetConfig::mnist()
+    });
+    cfg.data = DataConfig::Idx {
+        name: "random".into(),
+    };
+    (cfg.train.steps, cfg.train.batch_size) = (2, 4);
+    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    train(
+        &cfg,
+        images,
+        &common::run(&dir.join("teacher"), false),
+        None,
+    )
+    .unwrap();
+    let tpath = dir.join("teacher/model.safetensors");
+    let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
+    let o = GenerateOptions {
+        steps: 4,
+        count: 12,
+        shard_size: 12,
+        ..Default::default()
+    };
+    generate(&teacher, &tpath, &dir.join("store"), &o).unwrap();
+    let text = std::fs::read_to_string(common::root().join("configs/distill-toy2d.toml")).unwrap();
+    let mut dcfg = DistillConfig::from_toml(&text, &dir.join("d.toml")).unwrap();
+    dcfg.loss = Regression::Lpips;
+    (dcfg.validation, dcfg.train.steps, dcfg.train.batch_size) = (2, 3, 4);
+    // without weights: a clear error naming the field
+    let e = dcfg.validate().unwrap_err().to_string();
+    assert!(e.contains("lpips_weights"), "{e}");
+    dcfg.lpips_weights = Some(dir.join("missing.safetensors"));
+    let e = distill(
+        &dcfg,
+        &tpath,
+        &dir.join("store"),
+        &common::run(&dir.join("x"), false),
+    );
+    assert!(e.unwrap_err().to_string().contains("missing.safetensors"));
+    dcfg.lpips_weights = Some(vgg);
+    let s = distill(
+        &dcfg,
+        &tpath,
+        &dir.join("store"),
+        &common::run(&dir.join("dsno"), false),
+    );
+    let s = s.unwrap();
+    assert_eq!(s.end_step, 3);
+    assert!(
+        s.last_loss.is_finite() && s.last_loss > 0.0,
+        "{}",
+        s.last_loss
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

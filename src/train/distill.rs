@@ -21,13 +21,18 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
-/// The per-element regression loss.
+/// The loss between a prediction and its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Regression {
+    /// Mean absolute error over pixels.
     L1,
+    /// Mean squared error over pixels.
     #[default]
     L2,
+    /// LPIPS with a VGG-16 trunk and no linear layers ([`crate::nn::lpips`]), the DSNO
+    /// authors' CIFAR-10 loss; needs `lpips_weights`.
+    Lpips,
 }
 
 /// A distillation configuration (`configs/distill-*.toml`).
@@ -50,6 +55,10 @@ pub struct DistillConfig {
     /// The output times the store must have (any if absent).
     #[serde(default)]
     pub times: Option<Vec<f64>>,
+    /// VGG-16 weights for `loss = "lpips"`: a safetensors file with torchvision's
+    /// `features.{i}.weight` / `.bias` names (scripts/convert-vgg16.py writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lpips_weights: Option<std::path::PathBuf>,
     #[serde(default)]
     pub train: TrainConfig,
 }
@@ -80,6 +89,11 @@ impl DistillConfig {
         check_range("validation", self.validation, 0, 100_000_000)?;
         if let Some(t) = &self.times {
             check_output_times("field `times`", t)?;
+        }
+        if self.loss == Regression::Lpips && self.lpips_weights.is_none() {
+            return Err(Error::invalid(
+                "field `loss` = \"lpips\" needs `lpips_weights`: a VGG-16 safetensors file (scripts/convert-vgg16.py converts torchvision's)",
+            ));
         }
         self.train.validate("train")
     }
@@ -142,6 +156,8 @@ pub fn check_store(
 /// averaged over the M' outputs the method trains (DSNO: all M; KD: the last).
 struct Objective {
     loss: Regression,
+    /// The LPIPS network (frozen) for `Regression::Lpips`.
+    lpips: Option<crate::model::LoadedLpips>,
     method: Method,
     /// `w_m` `[M']` on the device.
     weights: Tensor,
@@ -150,7 +166,12 @@ struct Objective {
 }
 
 impl Objective {
-    fn new(cfg: &DistillConfig, schedule: &Schedule, times: &[f64], device: Device) -> Self {
+    fn new(
+        cfg: &DistillConfig,
+        schedule: &Schedule,
+        times: &[f64],
+        device: Device,
+    ) -> Result<Self> {
         let lambdas: Vec<f64> = times.iter().map(|&t| schedule.lambda(t)).collect();
         let weights = match cfg.method {
             Method::Dsno => Tensor::from_slice(
@@ -162,12 +183,17 @@ impl Objective {
             .to_device(device),
             Method::Kd => Tensor::ones([1], (Kind::Float, device)),
         };
-        Objective {
+        let lpips = match (&cfg.loss, &cfg.lpips_weights) {
+            (Regression::Lpips, Some(p)) => Some(crate::model::load_lpips(p, device)?),
+            _ => None,
+        };
+        Ok(Objective {
             loss: cfg.loss,
+            lpips,
             method: cfg.method,
             weights,
             times: times.len() as i64,
-        }
+        })
     }
 
     /// The targets the method trains on: all of `y` `[B, M, …]` (DSNO) or its last time (KD).
@@ -180,10 +206,16 @@ impl Objective {
 
     /// Per-time mean losses `[B, M']` of `pred` against the store's targets `y`.
     fn per_time(&self, pred: &Tensor, y: &Tensor) -> Tensor {
-        let d = pred - self.targets(y);
+        let target = self.targets(y);
+        if let Some(l) = &self.lpips {
+            let (b, m) = (pred.size()[0], pred.size()[1]);
+            let d = l.net.distance(&pred.flatten(0, 1), &target.flatten(0, 1));
+            return d.to_kind(Kind::Float).view([b, m]);
+        }
+        let d = pred - target;
         let e = match self.loss {
             Regression::L2 => d.square(),
-            Regression::L1 => d.abs(),
+            Regression::L1 | Regression::Lpips => d.abs(),
         };
         let dims: Vec<i64> = (2..e.dim() as i64).collect();
         e.mean_dim(dims.as_slice(), false, Kind::Float)
@@ -294,7 +326,15 @@ pub fn distill(
     let ck = checkpoint::load(teacher_path)?;
     ck.load_into_filtered(&vs, "", teacher_path, |n| !n.starts_with("timeconv."))?;
 
-    let obj = Objective::new(cfg, &schedule, &m.times, device);
+    if cfg.loss == Regression::Lpips {
+        let s = &m.sample_shape;
+        if s.len() != 3 || s[1] < 16 || s[2] < 16 {
+            return Err(Error::invalid(format!(
+                "loss \"lpips\" compares images of at least 16×16 pixels; this store holds samples of shape {s:?}"
+            )));
+        }
+    }
+    let obj = Objective::new(cfg, &schedule, &m.times, device)?;
     let idx = Tensor::arange(data.x_train.size()[0], (Kind::Int64, device));
     let batches = Batches::new(idx, cfg.train.batch_size, cfg.train.seed)?;
     let meta = CheckpointMeta {
