@@ -4,14 +4,8 @@ use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(clap::Subcommand, Debug)]
-enum Action {
+pub enum Args {
     /// Split a checkpoint into parts of at most --max-mib MiB of tensor data each
     /// (<stem>.part-<k>.safetensors in --out-dir).
     Split {
@@ -42,8 +36,8 @@ enum Action {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    match a.action {
-        Action::Split {
+    match a {
+        Args::Split {
             file,
             out_dir,
             max_mib,
@@ -56,11 +50,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 out_dir.display()
             );
         }
-        Action::Info { file } => {
+        Args::Info { file } => {
             let m = dsno::model::peek(&file)?;
             println!("kind {:?} step {} dataset {}", m.kind, m.step, m.dataset);
         }
-        Action::Join { parts, out } => {
+        Args::Join { parts, out } => {
             dsno::checkpoint::join(&parts, &out)?;
             println!("{} parts → {}", parts.len(), out.display());
         }

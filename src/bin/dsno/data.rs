@@ -5,14 +5,8 @@ use dsno::data::fetch::{cache_dir, fetch, Dataset, FetchOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    action: Action,
-}
-
 #[derive(clap::Subcommand, Debug)]
-enum Action {
+pub enum Args {
     /// Download and verify a data set (verified files are kept, not fetched again).
     Fetch {
         /// The data set.
@@ -29,11 +23,11 @@ enum Action {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let Action::Fetch {
+    let Args::Fetch {
         dataset,
         dir,
         mirror,
-    } = a.action;
+    } = a;
     let root = dir.or_else(cache_dir).ok_or_else(|| {
         anyhow::anyhow!("no folder to fetch into: give --dir, or set DSNO_DATA or HOME")
     })?;

@@ -58,9 +58,11 @@ enum Command {
     /// float16 (how the bundled models in models/ are made).
     Export(export::Args),
     /// Data sets: `dsno data fetch mnist` downloads and verifies one.
+    #[command(subcommand)]
     Data(data::Args),
     /// Checkpoints as parts of bounded size (`split`), and back (`join`); `info` prints the kind
     /// and step.
+    #[command(subcommand)]
     Checkpoint(ckpt::Args),
 }
 
