@@ -4,17 +4,14 @@ mod common;
 
 use common::dsno;
 use dsno::model::Teacher;
-use dsno::nn::unet::UNetConfig;
-use dsno::nn::ModelConfig;
 use dsno::schedule::parse_output_times;
 use dsno::solver::Solver;
 use dsno::train::distill::{distill, DistillConfig};
-use dsno::train::teacher::{train, DataConfig, TeacherConfig};
 use dsno::train::trajectories::{generate, GenerateOptions};
 use dsno::util::image::Image;
 use std::path::Path;
 use std::process::Command;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 #[test]
 fn every_subcommand_has_help() {
@@ -223,34 +220,7 @@ fn sample_writes_grids_and_trajectory_strips() {
     let _s = common::serial();
     let dir = common::tempdir("sample-strips");
     // a tiny image teacher on random images, a store of 12, a DSNO student of 2 steps
-    let model = ModelConfig::Unet(UNetConfig {
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![],
-        num_heads: 1,
-        groups: 4,
-        dropout: 0.0,
-        ..UNetConfig::mnist()
-    });
-    let mut cfg =
-        TeacherConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mnist.toml"))
-            .unwrap();
-    cfg.model = model;
-    cfg.data = DataConfig::Idx {
-        name: "random".into(),
-    };
-    cfg.train.steps = 2;
-    cfg.train.batch_size = 4;
-    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    train(
-        &cfg,
-        images,
-        &common::run(&dir.join("teacher"), false),
-        None,
-    )
-    .unwrap();
-    let tpath = dir.join("teacher/model.safetensors");
+    let tpath = common::tiny_image_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     let o = GenerateOptions {
         solver: Solver::DpmSolver2M,

@@ -105,9 +105,7 @@ fn lpips_gradients_match_finite_differences() {
 #[test]
 fn distillation_trains_with_the_lpips_loss() {
     use dsno::model::Teacher;
-    use dsno::nn::{unet::UNetConfig, ModelConfig};
     use dsno::train::distill::{distill, DistillConfig, Regression};
-    use dsno::train::teacher::{train, DataConfig, TeacherConfig};
     use dsno::train::trajectories::{generate, GenerateOptions};
     let _s = common::serial();
     let dir = common::tempdir("lpips-distill");
@@ -118,29 +116,7 @@ fn distillation_trains_with_the_lpips_loss() {
     deterministic(&vs);
     dsno::checkpoint::save_tensors(&vgg, &dsno::checkpoint::named(&vs, "")).unwrap();
     // a tiny 28×28 teacher (2 steps on random images) and a store of 12 trajectories
-    let mut cfg = TeacherConfig::load(&common::root().join("configs/mnist.toml")).unwrap();
-    cfg.model = ModelConfig::Unet(UNetConfig {
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![],
-        groups: 4,
-        dropout: 0.0,
-        ..UNetConfig::mnist()
-    });
-    cfg.data = DataConfig::Idx {
-        name: "random".into(),
-    };
-    (cfg.train.steps, cfg.train.batch_size) = (2, 4);
-    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    train(
-        &cfg,
-        images,
-        &common::run(&dir.join("teacher"), false),
-        None,
-    )
-    .unwrap();
-    let tpath = dir.join("teacher/model.safetensors");
+    let tpath = common::tiny_image_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     let o = GenerateOptions {
         steps: 4,

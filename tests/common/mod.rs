@@ -80,3 +80,30 @@ pub fn assert_same_run_files(a: &Path, b: &Path) {
         );
     }
 }
+
+/// A tiny 28×28 U-Net teacher (8 channels, two levels) trained for 2 steps on random images into
+/// `dir/teacher`; returns its model file. Callers training in-process hold [`serial`].
+pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
+    use dsno::nn::{unet::UNetConfig, ModelConfig};
+    use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+    use tch::{Device, Kind, Tensor};
+    let mut cfg = TeacherConfig::load(&root().join("configs/mnist.toml")).unwrap();
+    cfg.model = ModelConfig::Unet(UNetConfig {
+        channels: 8,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attn_resolutions: vec![],
+        num_heads: 1,
+        groups: 4,
+        dropout: 0.0,
+        ..UNetConfig::mnist()
+    });
+    cfg.data = DataConfig::Idx {
+        name: "random".into(),
+    };
+    cfg.train.steps = 2;
+    cfg.train.batch_size = 4;
+    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    train(&cfg, images, &run(&dir.join("teacher"), false), None).unwrap();
+    dir.join("teacher/model.safetensors")
+}
