@@ -5,6 +5,8 @@
 #
 # Data: `DSNO_DATA` if set; else this team's copy in ../shared/data when it exists; else the
 # data sets are fetched once into the user cache (`dsno data fetch`, verified by checksum).
+# The FID Inception network is fetched into the user cache too (87 MB, once; verified), and
+# numpy is installed into .venv for the `.npz` round-trip test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
@@ -18,4 +20,8 @@ if [ -z "${DSNO_DATA:-}" ]; then
     ./dsno data fetch "$set"
   done
 fi
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/dsno"
+./dsno data fetch inception --dir "$cache"
+.venv/bin/python -c "import numpy" 2>/dev/null \
+  || .venv/bin/pip install --disable-pip-version-check -q "numpy==2.4.6" >&2
 exec cargo test --release "$@"

@@ -4,6 +4,7 @@
 use crate::checkpoint::{self, CheckpointMeta, ClassifierInfo, ModelKind};
 use crate::denoiser::Denoiser;
 use crate::nn::classifier::Classifier;
+use crate::nn::inception::Inception;
 use crate::nn::lpips::Lpips;
 use crate::nn::Backbone;
 use crate::operator::{Generator, Method, OperatorConfig};
@@ -218,4 +219,18 @@ pub fn load_lpips(path: &Path, device: Device) -> Result<LoadedLpips> {
     checkpoint::copy_into(&tensors, &vs, "", path, |_| true)?;
     vs.freeze();
     Ok(LoadedLpips { vs, net })
+}
+
+/// Loads the FID Inception network (`dsno data fetch inception`; see [`crate::nn::inception`])
+/// from `path` onto `device`, after checking the file's size and SHA-256 against the pinned
+/// ones, so a corrupt or different file is refused by name instead of giving other numbers.
+pub fn load_inception(path: &Path, device: Device) -> Result<Inception> {
+    crate::data::fetch::verify_weights(path, &crate::data::fetch::INCEPTION)?;
+    let module = tch::CModule::load_on_device(path, device).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot load the Inception TorchScript module: {e}"),
+        )
+    })?;
+    Ok(Inception::new(module, device))
 }

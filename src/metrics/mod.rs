@@ -1,4 +1,7 @@
-//! Sample-quality metrics.
+//! Sample-quality metrics: sliced Wasserstein distance, Fréchet distance, KID, precision and
+//! recall; [`fid`] keeps FID statistics in pytorch-fid's `.npz` format.
+pub mod fid;
+
 use crate::rng::Rng;
 use crate::{Error, Result};
 use tch::{Kind, Tensor};

@@ -1,12 +1,14 @@
 //! Networks: the U-Net of the teacher ([`unet`]), an MLP for 2-D toy data ([`mlp`]), their
 //! time embedding ([`embedding`]), DSNO's Fourier temporal layer ([`timeconv`]), and the
-//! networks of the metrics and losses: the feature [`classifier`] and [`lpips`].
+//! networks of the metrics and losses: the feature [`classifier`], [`lpips`] and the FID
+//! [`inception`] network.
 //!
 //! A [`Backbone`] is split so that the operator can run it on M time slots at once and insert a
 //! TimeConv after every non-resampling block: `stem` (the input layer), `body` (everything
 //! after it) with a hook called after each of those blocks, and `embed` (the time embedding).
 pub mod classifier;
 pub mod embedding;
+pub mod inception;
 pub mod lpips;
 pub mod mlp;
 pub mod timeconv;
