@@ -247,3 +247,185 @@ fn bad_statistics_files_are_refused_by_name() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn ok(o: &std::process::Output) -> String {
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "stdout: {out}\nstderr: {err}");
+    out.into_owned()
+}
+
+fn fid_of(out: &str) -> f64 {
+    let v = out.split_whitespace().nth(1).unwrap();
+    v.trim_end_matches(':').parse().unwrap()
+}
+
+/// `dsno fid-ref` on an IDX folder, `dsno fid` on the same images as PNGs, as raw samples, as
+/// an IDX file, and drawn from a model: the same images give FID ≈ 0 whatever their container,
+/// and a model's samples a larger one.
+#[test]
+fn fid_commands_read_every_source() {
+    if weights().is_none() {
+        return;
+    }
+    let dir = common::tempdir("fid-cli");
+    let mnist = common::data_dir("mnist");
+    let s = |p: &Path| p.display().to_string();
+    let reference = dir.join("ref.npz");
+    let out = ok(&common::dsno(&[
+        "fid-ref",
+        "--data",
+        &s(&mnist),
+        "--split",
+        "test",
+        "--count",
+        "24",
+        "--out",
+        &s(&reference),
+        "--device",
+        "cpu",
+    ]));
+    assert!(out.starts_with("24 images"), "{out}");
+    // The same 24 test images as PNGs, and as raw samples.
+    let test = dsno::data::to_unit_range(
+        &dsno::data::idx::load_images(&mnist, dsno::data::idx::Split::Test).unwrap(),
+    );
+    let same = dsno::data::spread(&test, 24);
+    let pngs = dir.join("pngs");
+    std::fs::create_dir_all(&pngs).unwrap();
+    for i in 0..24 {
+        let u8s = dsno::util::image::to_u8(&same.get(i))
+            .permute([1, 2, 0])
+            .contiguous();
+        let data = Vec::<u8>::try_from(u8s.flatten(0, -1)).unwrap();
+        let img = dsno::util::image::Image {
+            width: 28,
+            height: 28,
+            channels: 1,
+            data,
+        };
+        img.save_png(&pngs.join(format!("{i:03}.png"))).unwrap();
+    }
+    let raw = dir.join("same.safetensors");
+    dsno::checkpoint::save_tensors(&raw, &[("samples".into(), same)]).unwrap();
+    for src in [&pngs, &raw] {
+        let fid = fid_of(&ok(&common::dsno(&[
+            "fid",
+            &s(src),
+            "--ref",
+            &s(&reference),
+            "--device",
+            "cpu",
+        ])));
+        assert!(
+            fid.abs() < 1e-3,
+            "{}: FID {fid} of the reference images",
+            src.display()
+        );
+    }
+    let model = common::model("mnist-dsno.safetensors");
+    let out = ok(&common::dsno(&[
+        "fid",
+        &s(&model),
+        "--count",
+        "24",
+        "--ref",
+        &s(&reference),
+        "--device",
+        "cpu",
+    ]));
+    assert!(out.contains("24 samples") && fid_of(&out) > 1.0, "{out}");
+    // A teacher without a solver, a NaN sample file, a missing reference: clear errors.
+    let teacher = common::model("mnist-teacher.safetensors");
+    let e = common::dsno(&["fid", &s(&teacher), "--count", "4", "--ref", &s(&reference)]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--solver"));
+    let nan = dir.join("nan.safetensors");
+    let bad = Tensor::full([4, 1, 28, 28], f64::NAN, (Kind::Float, Device::Cpu));
+    dsno::checkpoint::save_tensors(&nan, &[("samples".into(), bad)]).unwrap();
+    let e = common::dsno(&["fid", &s(&nan), "--ref", &s(&reference)]);
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        !e.status.success() && msg.contains("nan.safetensors") && msg.contains("NaN"),
+        "{msg}"
+    );
+    let e = common::dsno(&["fid", &s(&raw), "--ref", &s(&dir.join("none.npz"))]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("none.npz"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The eval report's Inception FID column: present on every row, blurry one-step DDIM far
+/// worse than the converged teacher, the floor (real vs real) the best.
+#[test]
+fn eval_reports_an_inception_fid_column() {
+    let Some(path) = weights() else { return };
+    use dsno::eval::{evaluate, EvalInputs, EvalOptions, InceptionInputs};
+    let net = dsno::model::load_inception(&path, Device::Cpu).unwrap();
+    let m = common::model;
+    let teacher = dsno::model::Teacher::load(&m("mnist-teacher.safetensors"), Device::Cpu).unwrap();
+    let dsno_m = dsno::model::OneStep::load(&m("mnist-dsno.safetensors"), Device::Cpu).unwrap();
+    let cls =
+        dsno::model::load_classifier(&m("mnist-classifier.safetensors"), Device::Cpu).unwrap();
+    let mnist = common::data_dir("mnist");
+    let load =
+        |split| dsno::data::to_unit_range(&dsno::data::idx::load_images(&mnist, split).unwrap());
+    let train = dsno::data::spread(&load(dsno::data::idx::Split::Train), 500);
+    let real = dsno::data::spread(&train, 24);
+    let reference = dsno::eval::inception_stats(&net, &real, 24, None).unwrap();
+    let inputs = EvalInputs {
+        teacher: &teacher,
+        teacher_name: "teacher".into(),
+        dsno: Some((&dsno_m, "dsno".into())),
+        kd: None,
+        classifier: &cls.net,
+        classifier_name: "classifier".into(),
+        train_images: train,
+        test_images: load(dsno::data::idx::Split::Test),
+        inception: Some(InceptionInputs {
+            net: &net,
+            reference: &reference,
+            reference_name: "24 training images".into(),
+            batch: 24,
+        }),
+    };
+    let o = EvalOptions {
+        count: 24,
+        batch: 24,
+        reference_steps: 10,
+        ddim_steps: vec![1],
+        dpm_steps: vec![],
+        scores: dsno::eval::ScoreOptions {
+            kid_subsets: 5,
+            kid_subset_size: 20,
+            knn: 3,
+        },
+        progress: false,
+        ..Default::default()
+    };
+    let (report, _) = evaluate(&inputs, &o).unwrap();
+    let fid = |label: &str| {
+        let r = report
+            .rows
+            .iter()
+            .find(|r| r.label.starts_with(label))
+            .unwrap();
+        r.inception_fid.unwrap()
+    };
+    println!("{}", report.table());
+    assert!(
+        fid("DDIM @ 1") > 1.5 * fid("teacher"),
+        "one blurry step scores worse"
+    );
+    assert!(
+        fid("real test images") < fid("teacher"),
+        "real images score best"
+    );
+    assert!(report.table().contains("| Inception FID |"));
+    assert!(report
+        .setup
+        .inception
+        .as_deref()
+        .unwrap()
+        .contains("24 training images"));
+}

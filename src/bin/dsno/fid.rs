@@ -1,0 +1,184 @@
+//! `dsno fid-ref` and `dsno fid`: Inception FID against reference statistics kept in
+//! pytorch-fid's `.npz` format (`mu`, `sigma`).
+use crate::common::describe;
+use anyhow::{bail, Result};
+use dsno::checkpoint::ModelKind;
+use dsno::data::fetch::{locate_weights, INCEPTION};
+use dsno::data::idx::Split;
+use dsno::data::{images::read_images, spread};
+use dsno::eval::sampling::{draw, DrawOptions, Sampler};
+use dsno::eval::score::inception_stats;
+use dsno::metrics::fid::FidStats;
+use dsno::model::{load_inception, OneStep, Teacher};
+use dsno::nn::inception::Inception;
+use dsno::sampling::Noise;
+use dsno::solver::{Grid, Solver};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tch::{Device, Tensor};
+
+/// Options shared by both commands: the network and its batch size.
+#[derive(clap::Args, Debug)]
+pub struct NetArgs {
+    /// The Inception weights (default: where `dsno data fetch inception` put them).
+    #[arg(long)]
+    inception_weights: Option<PathBuf>,
+    /// Images per Inception forward pass.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub inception_batch: u64,
+}
+
+impl NetArgs {
+    pub fn load(&self, device: Device) -> Result<Inception> {
+        let path = locate_weights(&INCEPTION, self.inception_weights.as_deref())?;
+        Ok(load_inception(&path, device)?)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RefArgs {
+    /// The real images: a folder of MNIST-style IDX files, an IDX images file, a folder of
+    /// PNGs, or a safetensors file of images in [−1, 1].
+    #[arg(long)]
+    data: PathBuf,
+    /// Which images of an IDX folder.
+    #[arg(long, value_enum, default_value = "train")]
+    split: SplitArg,
+    /// Use this many images, spread evenly over the set (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    count: Option<u64>,
+    /// The statistics file to write (`.npz`, arrays `mu` and `sigma`, float64).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SplitArg {
+    Train,
+    Test,
+}
+
+pub fn run_ref(a: RefArgs, device: Device) -> Result<ExitCode> {
+    let split = match a.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Test => Split::Test,
+    };
+    let mut images = read_images(&a.data, split)?;
+    if let Some(n) = a.count {
+        images = spread(&images, n as usize);
+    }
+    let net = a.net.load(device)?;
+    let n = images.size()[0];
+    let stats = stats_of(&net, &images, a.net.inception_batch)?;
+    stats.write(&a.out)?;
+    println!(
+        "{n} images of {} → {} (Inception pool features, 2048-D, on {})",
+        a.data.display(),
+        a.out.display(),
+        describe(device)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats_of(net: &Inception, images: &Tensor, batch: u64) -> Result<FidStats> {
+    if images.size()[0] < 2 {
+        bail!(
+            "FID statistics need at least 2 images, got {}",
+            images.size()[0]
+        );
+    }
+    Ok(inception_stats(
+        net,
+        images,
+        batch as usize,
+        Some("inception"),
+    )?)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The samples: a folder of PNGs, a safetensors file from `dsno sample --safetensors`, an
+    /// IDX images file or folder — or, with --count, a model checkpoint to draw them from.
+    samples: PathBuf,
+    /// Reference statistics (`.npz` with `mu` and `sigma`: from `dsno fid-ref`, pytorch-fid,
+    /// EDM, …).
+    #[arg(long = "ref")]
+    reference: PathBuf,
+    /// Draw this many samples from the model `SAMPLES` (noise by (seed, i)).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    count: Option<u64>,
+    /// Noise seed of the drawn samples.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// ODE solver, for a teacher.
+    #[arg(long, value_enum)]
+    solver: Option<Solver>,
+    /// Solver steps, for a teacher.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=dsno::solver::MAX_STEPS as u64))]
+    steps: u64,
+    /// Step grid, for a teacher.
+    #[arg(long, value_enum, default_value = "default")]
+    grid: Grid,
+    /// Samples per generator pass.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    let reference = FidStats::read(&a.reference)?;
+    let images = match a.count {
+        Some(n) => draw_from(&a, n, device)?,
+        None => read_images(&a.samples, Split::Test)?,
+    };
+    let net = a.net.load(device)?;
+    let stats = stats_of(&net, &images, a.net.inception_batch)?;
+    let fid = stats.frechet_distance(&reference)?;
+    println!(
+        "FID {fid:.4}: {} samples of {} vs {} (TF-Inception 2015-12-05 pool features; grey \
+         images repeated to 3 channels)",
+        images.size()[0],
+        a.samples.display(),
+        a.reference.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `count` samples of the model at `a.samples` (a teacher needs --solver).
+fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
+    let path: &Path = &a.samples;
+    let o = DrawOptions {
+        count: count as usize,
+        batch: a.batch as usize,
+        warm_up: false,
+        keep_outputs: false,
+        progress: Some("sample".into()),
+    };
+    if dsno::model::peek(path)?.kind != ModelKind::Teacher {
+        let m = OneStep::load(path, device)?;
+        let shape = m.meta.model.sample_shape();
+        let noise = Noise::at_t_max(a.seed, shape, &m.meta.schedule, device);
+        return Ok(draw(&Sampler::OneStep(&m), &noise, &o)?.samples);
+    }
+    let Some(solver) = a.solver else {
+        bail!(
+            "{} is a teacher: give --solver (and --steps)",
+            path.display()
+        );
+    };
+    let teacher = Teacher::load(path, device)?;
+    let schedule = teacher.schedule();
+    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let shape = teacher.meta.model.sample_shape();
+    let noise = Noise::at(a.seed, shape, &schedule, grid[0], device);
+    let sampler = Sampler::Ode {
+        denoiser: &teacher,
+        schedule,
+        solver,
+        grid,
+    };
+    Ok(draw(&sampler, &noise, &o)?.samples)
+}
