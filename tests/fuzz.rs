@@ -10,7 +10,9 @@
 //! - `store`: [`Manifest::parse`], [`parse_shard`] and [`load_store`] on mutated manifests and
 //!   shards of a real (tiny) trajectory store made by [`generate`];
 //! - `config`: [`TeacherConfig::from_toml`] and [`DistillConfig::from_toml`] on mutated
-//!   `configs/*.toml`; an accepted teacher config's model is built (unless it is huge).
+//!   `configs/*.toml`; an accepted teacher config's model is built (unless it is huge);
+//! - `npz`: [`FidStats::read`] (the `.npz` FID statistics) on arbitrary bytes and on mutated
+//!   `.npz` files written by numpy (stored, compressed, Fortran order) and by dsno.
 //!
 //! Every call is made under `catch_unwind`. A case fails when a loader panics, returns an error
 //! whose message is empty or does not name the path it was given, or accepts its input and
@@ -48,6 +50,7 @@ use dsno::checkpoint::{self, CheckpointMeta, ModelKind};
 use dsno::data::idx;
 use dsno::data::store::{load_store, parse_shard, shard_path, Manifest, Shard, FORMAT};
 use dsno::denoiser::Denoiser;
+use dsno::metrics::fid::FidStats;
 use dsno::model::{OneStep, Teacher};
 use dsno::nn::mlp::MlpConfig;
 use dsno::nn::unet::UNetConfig;
@@ -93,6 +96,11 @@ fn fuzz_store() {
 #[test]
 fn fuzz_config() {
     fuzz("config", "fuzz_config");
+}
+
+#[test]
+fn fuzz_npz() {
+    fuzz("npz", "fuzz_npz");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -719,6 +727,7 @@ fn worker(name: &str, state: &State) {
         "checkpoint" => checkpoint_target(&work),
         "store" => store_target(&work),
         "config" => config_target(),
+        "npz" => npz_target(&work),
         _ => panic!("unknown fuzz target {name}"),
     };
     let mut known = state.known();
@@ -2257,6 +2266,66 @@ fn config_target() -> Target {
             Err(e) => named(&e, &path, "DistillConfig::from_toml"),
             Ok(cfg) => {
                 distill_notes(&cfg);
+                Ok(())
+            }
+        }
+    };
+    Target {
+        strategy,
+        check: Box::new(check),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target 5: FID statistics (.npz)
+
+fn npz_bases() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut out: Vec<Vec<u8>> = [
+        "stats-numpy.npz",
+        "stats-numpy-compressed.npz",
+        "stats-numpy-fortran.npz",
+    ]
+    .iter()
+    .map(|f| std::fs::read(dir.join(f)).unwrap())
+    .collect();
+    let mu = dsno::util::npz::Array::new(vec![3], vec![0.5, -1.0, 2.0]).unwrap();
+    let sigma =
+        dsno::util::npz::Array::new(vec![3, 3], (0..9).map(|i| i as f64).collect()).unwrap();
+    let mut names = vec![];
+    for (n, a) in [("mu.npy", &mu), ("sigma.npy", &sigma)] {
+        names.push((n, dsno::util::npz::encode_npy(a)));
+    }
+    let files: Vec<(&str, &[u8])> = names.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    out.push(dsno::util::zip::stored_archive(&files).unwrap());
+    out
+}
+
+fn npz_target(work: &Path) -> Target {
+    let bases = npz_bases();
+    let strategy = prop_oneof![
+        1 => vec(any::<u8>(), 0..64),
+        6 => (select(bases), vec(byte_mut(), 1..6)).prop_map(|(mut b, ms)| {
+            for m in &ms {
+                apply_byte(&mut b, m);
+            }
+            b
+        }),
+    ]
+    .boxed();
+    let path = work.join("case.npz");
+    let check = move |input: &[u8]| -> Result<(), String> {
+        std::fs::write(&path, input).unwrap();
+        match guarded("FidStats::read", || FidStats::read(&path))? {
+            Err(e) => named(&e, &path, "npz"),
+            Ok(s) => {
+                let (m, c) = (s.mu.size(), s.sigma.size());
+                if m.len() != 1 || c != [m[0], m[0]] || !all_finite(&s.mu) || !all_finite(&s.sigma)
+                {
+                    return Err(format!(
+                        "garbage: statistics accepted with mu {m:?}, sigma {c:?}"
+                    ));
+                }
                 Ok(())
             }
         }

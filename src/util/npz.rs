@@ -101,10 +101,10 @@ pub fn decode_npy(b: &[u8]) -> std::result::Result<Array, String> {
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or("the shape overflows")?;
     let body = &b[start + hlen..];
-    if body.len() != n * width {
+    let need = n.checked_mul(width).ok_or("the shape overflows")?;
+    if body.len() != need {
         return Err(format!(
-            "shape {shape:?} of {descr} needs {} bytes of data, the file has {}",
-            n * width,
+            "shape {shape:?} of {descr} needs {need} bytes of data, the file has {}",
             body.len()
         ));
     }
