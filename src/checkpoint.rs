@@ -49,6 +49,17 @@ pub struct CheckpointMeta {
     /// The full training configuration, for resuming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<serde_json::Value>,
+    /// What a teacher's network predicts (x, ε or v); x when absent. One-step generators
+    /// always predict x.
+    #[serde(default, skip_serializing_if = "is_x")]
+    pub prediction: crate::denoiser::Prediction,
+    /// Where an imported model came from (`dsno import`: the source's files and hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+}
+
+fn is_x(p: &crate::denoiser::Prediction) -> bool {
+    *p == crate::denoiser::Prediction::X
 }
 
 /// A loaded checkpoint.
@@ -431,6 +442,11 @@ impl CheckpointMeta {
         if let Some(k) = self.modes {
             check_range("modes", k, 1, (m / 2 + 1) as i64)?;
         }
+        if self.kind != ModelKind::Teacher && !is_x(&self.prediction) {
+            return Err(Error::invalid(
+                "field `prediction`: one-step generators predict x",
+            ));
+        }
         if self.kind == ModelKind::Dsno && (self.times.is_none() || self.modes.is_none()) {
             return Err(Error::invalid(
                 "a DSNO checkpoint needs the fields `times` and `modes`",
@@ -553,7 +569,7 @@ pub(crate) fn copy_into(
 
 /// A tensor from a safetensors view; `name` and `path` name it in errors. Floating tensors must
 /// be finite: a NaN or Inf read from a file is an error naming the tensor.
-pub(crate) fn tensor_of(
+pub(crate) fn tensor_of_unchecked(
     view: &safetensors::tensor::TensorView<'_>,
     name: &str,
     path: &Path,
@@ -565,7 +581,16 @@ pub(crate) fn tensor_of(
         )
     })?;
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+}
+
+/// A tensor of a safetensors file (CPU, stored kind); a floating tensor must be finite.
+pub(crate) fn tensor_of(
+    view: &safetensors::tensor::TensorView<'_>,
+    name: &str,
+    path: &Path,
+) -> Result<Tensor> {
+    let t = tensor_of_unchecked(view, name, path)?;
     if t.is_floating_point() {
         let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
         if bad > 0 {

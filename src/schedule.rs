@@ -10,6 +10,11 @@
 //!   (Song et al. 2021): `ln α = −½∫₀ᵗ β`.
 //! - [`Schedule::Edm`]: variance-exploding σ of EDM (Karras et al. 2022): `t = σ`, `α = 1`,
 //!   with the ρ = 7 step grid.
+//! - [`Schedule::Discrete`]: a discrete-time DDPM schedule of diffusers (`num_train_timesteps`
+//!   β's, `linear`, `scaled_linear` or `squaredcos_cap_v2`) made continuous: t ∈ [0, 1] maps to
+//!   the fractional timestep `τ = N·t − 1`, ln ᾱ is interpolated linearly between the training
+//!   timesteps, and τ = −1 (t = 0) is the data itself (ᾱ = 1, as diffusers' `set_alpha_to_one`).
+//!   The network is queried at τ (docs/METHOD.md §9).
 use crate::error::{check_field, check_range};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -29,6 +34,91 @@ pub enum Schedule {
         sigma_max: f64,
         rho: f64,
     },
+    /// diffusers' discrete schedule of `steps` β's, continuous as described above; t ∈ [0, 1].
+    Discrete {
+        betas: BetaSchedule,
+        beta_start: f64,
+        beta_end: f64,
+        steps: u32,
+    },
+}
+
+/// diffusers' `beta_schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// β linear from `beta_start` to `beta_end` (DDPM).
+    Linear,
+    /// √β linear from √`beta_start` to √`beta_end` (latent diffusion).
+    ScaledLinear,
+    /// β_i = min(1 − ᾱ((i+1)/N)/ᾱ(i/N), 0.999) with ᾱ(s) = cos²((s + 0.008)/1.008 · π/2)
+    /// (improved DDPM); `beta_start`, `beta_end` unused.
+    SquaredcosCapV2,
+}
+
+impl BetaSchedule {
+    /// Parses diffusers' names: `linear`, `scaled_linear`, `squaredcos_cap_v2`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "linear" => Ok(BetaSchedule::Linear),
+            "scaled_linear" => Ok(BetaSchedule::ScaledLinear),
+            "squaredcos_cap_v2" => Ok(BetaSchedule::SquaredcosCapV2),
+            _ => Err(Error::invalid(format!(
+                "beta_schedule {name:?} is not supported (linear, scaled_linear, squaredcos_cap_v2)"
+            ))),
+        }
+    }
+}
+
+/// diffusers' `torch.linspace(a, b, n, dtype=float32)`.
+fn linspace_f32(a: f64, b: f64, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![a as f32];
+    }
+    let step = (b - a) / (n - 1) as f64;
+    (0..n).map(|i| (a + step * i as f64) as f32).collect()
+}
+
+/// The β's of a discrete schedule, as diffusers computes them (float32).
+pub fn discrete_betas(betas: BetaSchedule, beta_start: f64, beta_end: f64, n: usize) -> Vec<f32> {
+    match betas {
+        BetaSchedule::Linear => linspace_f32(beta_start, beta_end, n),
+        BetaSchedule::ScaledLinear => linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
+        BetaSchedule::SquaredcosCapV2 => {
+            let f = |s: f64| {
+                ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                    .cos()
+                    .powi(2)
+            };
+            (0..n)
+                .map(|i| {
+                    let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                    (1.0 - f(t2) / f(t1)).min(0.999) as f32
+                })
+                .collect()
+        }
+    }
+}
+
+/// `ln ᾱ` at the knots τ = −1, 0, …, N − 1 (N + 1 values, the first 0): ᾱ is the running
+/// float32 product of `1 − β` as diffusers' `alphas_cumprod`.
+pub fn discrete_log_alpha_bars(
+    betas: BetaSchedule,
+    beta_start: f64,
+    beta_end: f64,
+    n: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n + 1);
+    out.push(0.0);
+    let mut acc = 1.0f32;
+    for b in discrete_betas(betas, beta_start, beta_end, n) {
+        acc *= 1.0 - b;
+        out.push((acc as f64).ln());
+    }
+    out
 }
 
 /// The schedules with their default parameters, by name.
@@ -86,6 +176,41 @@ impl Schedule {
     /// Checks the parameters against their ranges (docs/FORMATS.md §10).
     pub fn validate(&self) -> Result<()> {
         match *self {
+            Schedule::Discrete {
+                betas,
+                beta_start,
+                beta_end,
+                steps,
+            } => {
+                check_field(
+                    "schedule.steps",
+                    steps,
+                    (2..=100_000).contains(&steps),
+                    "in [2, 100000]",
+                )?;
+                if betas != BetaSchedule::SquaredcosCapV2 {
+                    check_field(
+                        "schedule.beta_start",
+                        beta_start,
+                        beta_start > 0.0 && beta_start < 1.0,
+                        "in (0, 1)",
+                    )?;
+                    check_field(
+                        "schedule.beta_end",
+                        beta_end,
+                        beta_end >= beta_start && beta_end < 1.0,
+                        "in [beta_start, 1)",
+                    )?;
+                }
+                let l = self.discrete_knots();
+                let ok = l.windows(2).all(|w| w[1] < w[0]) && l.iter().all(|v| v.is_finite());
+                check_field(
+                    "schedule.betas",
+                    0,
+                    ok,
+                    "giving a strictly decreasing ᾱ > 0",
+                )
+            }
             Schedule::VpCosine {
                 lambda_min,
                 lambda_max,
@@ -161,6 +286,29 @@ impl Schedule {
         }
     }
 
+    /// `ln ᾱ` at the knots of a discrete schedule (empty for the others).
+    fn discrete_knots(&self) -> Vec<f64> {
+        match *self {
+            Schedule::Discrete {
+                betas,
+                beta_start,
+                beta_end,
+                steps,
+            } => discrete_log_alpha_bars(betas, beta_start, beta_end, steps as usize),
+            _ => vec![],
+        }
+    }
+
+    /// `(ln ᾱ(t), d ln ᾱ/dt)` of a discrete schedule: linear between the knots t_k = k/N.
+    fn discrete_log_alpha_bar(&self, t: f64) -> (f64, f64) {
+        let l = self.discrete_knots();
+        let n = (l.len() - 1) as f64;
+        let x = (t * n).clamp(0.0, n);
+        let k = (x.floor() as usize).min(l.len() - 2);
+        let slope = l[k + 1] - l[k];
+        (l[k] + (x - k as f64) * slope, n * slope)
+    }
+
     /// `(a, b)` of this schedule if it is the cosine one (NaN otherwise).
     fn cosine_coefficients(&self) -> (f64, f64) {
         match *self {
@@ -187,7 +335,9 @@ impl Schedule {
     /// The time interval `(t_min, t_max)`: data at `t_min`, noise at `t_max`.
     pub fn t_range(&self) -> (f64, f64) {
         match *self {
-            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } => (0.0, 1.0),
+            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } | Schedule::Discrete { .. } => {
+                (0.0, 1.0)
+            }
             Schedule::Edm { sigma_max, .. } => (0.0, sigma_max),
         }
     }
@@ -199,6 +349,8 @@ impl Schedule {
             Schedule::VpCosine { .. } => 0.0,
             Schedule::VpLinear { .. } => 1e-3,
             Schedule::Edm { sigma_min, .. } => sigma_min,
+            // τ = 0, the first training timestep
+            Schedule::Discrete { steps, .. } => 1.0 / steps as f64,
         }
     }
 
@@ -220,6 +372,10 @@ impl Schedule {
                 g - (-g.exp_m1()).ln()
             }
             Schedule::Edm { .. } => -2.0 * t.ln(),
+            Schedule::Discrete { .. } => {
+                let g = self.discrete_log_alpha_bar(t).0;
+                g - (-g.exp_m1()).ln()
+            }
         }
     }
 
@@ -237,6 +393,10 @@ impl Schedule {
                 -beta / s2
             }
             Schedule::Edm { .. } => -2.0 / t,
+            Schedule::Discrete { .. } => {
+                let (g, dg) = self.discrete_log_alpha_bar(t);
+                dg / -g.exp_m1()
+            }
         }
     }
 
@@ -259,6 +419,15 @@ impl Schedule {
                 (-2.0 * g) / (beta_min + disc.sqrt())
             }
             Schedule::Edm { .. } => (-lambda / 2.0).exp(),
+            Schedule::Discrete { .. } => {
+                let g = -softplus(-lambda);
+                let l = self.discrete_knots();
+                let n = (l.len() - 1) as f64;
+                // ln ᾱ decreases along the knots: the last knot at or above g
+                let k = l.partition_point(|&v| v >= g).clamp(1, l.len() - 1) - 1;
+                let frac = ((g - l[k]) / (l[k + 1] - l[k])).clamp(0.0, 1.0);
+                (k as f64 + frac) / n
+            }
         }
     }
 
@@ -274,6 +443,10 @@ impl Schedule {
                 ((0.5 * l).exp(), (-l.exp_m1()).sqrt())
             }
             Schedule::Edm { .. } => (1.0, t),
+            Schedule::Discrete { .. } => {
+                let g = self.discrete_log_alpha_bar(t).0;
+                ((0.5 * g).exp(), (-g.exp_m1()).sqrt())
+            }
         }
     }
 
@@ -296,12 +469,26 @@ impl Schedule {
                 -0.5 * (beta_min + t * (beta_max - beta_min))
             }
             Schedule::Edm { .. } => 0.0,
+            Schedule::Discrete { .. } => 0.5 * self.discrete_log_alpha_bar(t).1,
         }
     }
 
-    /// The network's time input of docs/METHOD.md §2: `t_in = atan(e^{−λ/2}) / (π/2)` ∈ [0, 1].
+    /// The network's time input: for the continuous schedules docs/METHOD.md §2's
+    /// `t_in = atan(e^{−λ/2}) / (π/2)` ∈ [0, 1]; for a discrete one the fractional timestep
+    /// `τ = N·t − 1` ∈ [−1, N − 1].
     pub fn t_input(&self, t: f64) -> f64 {
-        (-self.lambda(t) / 2.0).exp().atan() / std::f64::consts::FRAC_PI_2
+        match *self {
+            Schedule::Discrete { steps, .. } => steps as f64 * t - 1.0,
+            _ => (-self.lambda(t) / 2.0).exp().atan() / std::f64::consts::FRAC_PI_2,
+        }
+    }
+
+    /// The time of the discrete schedule's timestep `τ` (`(τ + 1)/N`); `None` for the others.
+    pub fn t_of_timestep(&self, tau: f64) -> Option<f64> {
+        match *self {
+            Schedule::Discrete { steps, .. } => Some((tau + 1.0) / steps as f64),
+            _ => None,
+        }
     }
 
     /// `n + 1` times uniform in t from `t_start` down to `t_end` (n steps).
@@ -351,7 +538,7 @@ impl Schedule {
     /// DSNO authors' DDIM), the ρ = 7 grid for EDM.
     pub fn default_grid(&self, n: usize) -> Vec<f64> {
         match *self {
-            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } => {
+            Schedule::VpCosine { .. } | Schedule::VpLinear { .. } | Schedule::Discrete { .. } => {
                 Self::uniform_grid(1.0, 0.0, n)
             }
             Schedule::Edm {

@@ -1471,6 +1471,8 @@ fn meta(kind: ModelKind, model: ModelConfig, schedule: Schedule) -> CheckpointMe
         times: None,
         modes: None,
         train: None,
+        prediction: Default::default(),
+        source: None,
     }
 }
 

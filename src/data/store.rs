@@ -121,7 +121,18 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     let shard = Shard {
         x_t: get("x_T")?,
         targets: get("targets")?,
-        lambdas: get("lambdas")?,
+        lambdas: {
+            // λ is +∞ at an output time where σ = 0 (t = 0 of a linear-β or discrete schedule)
+            let v = st
+                .tensor("lambdas")
+                .map_err(|_| Error::file(path, "shard has no `lambdas`"))?;
+            let l = crate::checkpoint::tensor_of_unchecked(&v, "lambdas", path)?;
+            let bad = l.isnan().logical_or(&l.isneginf()).any();
+            if l.is_floating_point() && bool::try_from(bad).unwrap_or(true) {
+                return Err(Error::file(path, "tensor `lambdas` holds NaN or −∞"));
+            }
+            l
+        },
         indices: get("indices")?,
     };
     let (lo, hi) = m.shard_range(j);

@@ -1,12 +1,13 @@
 //! Networks: the U-Net of the teacher ([`unet`]), an MLP for 2-D toy data ([`mlp`]), their
-//! time embedding ([`embedding`]), DSNO's Fourier temporal layer ([`timeconv`]), and the
-//! networks of the metrics and losses: the feature [`classifier`], [`lpips`] and the FID
-//! [`inception`] network.
+//! time embedding ([`embedding`]), DSNO's Fourier temporal layer ([`timeconv`]), the
+//! imported [`diffusers`] `UNet2DModel`, and the networks of the metrics and losses: the
+//! feature [`classifier`], [`lpips`] and the FID [`inception`] network.
 //!
 //! A [`Backbone`] is split so that the operator can run it on M time slots at once and insert a
 //! TimeConv after every non-resampling block: `stem` (the input layer), `body` (everything
 //! after it) with a hook called after each of those blocks, and `embed` (the time embedding).
 pub mod classifier;
+pub mod diffusers;
 pub mod embedding;
 pub mod inception;
 pub mod lpips;
@@ -54,6 +55,8 @@ pub trait Backbone: Send {
 pub enum ModelConfig {
     Unet(unet::UNetConfig),
     Mlp(mlp::MlpConfig),
+    /// diffusers' `UNet2DModel` (an imported teacher).
+    Diffusers(diffusers::DiffusersUNetConfig),
 }
 
 impl ModelConfig {
@@ -65,6 +68,7 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::Unet(c) => Box::new(unet::UNet::new(path, c)?),
             ModelConfig::Mlp(c) => Box::new(mlp::Mlp::new(path, c)?),
+            ModelConfig::Diffusers(c) => Box::new(diffusers::DiffusersUNet::new(path, c)?),
         })
     }
 
@@ -73,6 +77,14 @@ impl ModelConfig {
         match self {
             ModelConfig::Unet(c) => c.validate(),
             ModelConfig::Mlp(c) => c.validate(),
+            ModelConfig::Diffusers(c) => {
+                c.validate()?;
+                check(c.num_class_embeds.is_none(), || {
+                    "a class-conditional UNet2DModel (num_class_embeds) needs class labels, \
+                     which dsno's samplers and distillation do not pass yet"
+                        .into()
+                })
+            }
         }
     }
 
@@ -81,6 +93,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Unet(c) => c.num_params(),
             ModelConfig::Mlp(c) => c.num_params(),
+            ModelConfig::Diffusers(c) => c.num_params(),
         }
     }
 
@@ -89,6 +102,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
             ModelConfig::Mlp(c) => vec![c.dim],
+            ModelConfig::Diffusers(c) => vec![c.in_channels, c.sample_size, c.sample_size],
         }
     }
 
@@ -97,6 +111,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Unet(c) => c.dropout = p,
             ModelConfig::Mlp(c) => c.dropout = p,
+            ModelConfig::Diffusers(c) => c.dropout = p,
         }
     }
 }

@@ -349,6 +349,8 @@ pub fn distill(
         times: Some(m.times.clone()),
         modes: (cfg.method == Method::Dsno).then_some(cfg.modes),
         train: Some(serde_json::json!({ "distill": cfg, "store": m })),
+        prediction: Default::default(),
+        source: None,
     };
     let mut extra_columns = obj.columns(&m.times);
     extra_columns.push("val_loss".into());

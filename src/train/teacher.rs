@@ -222,6 +222,8 @@ pub fn train(
         times: None,
         modes: None,
         train: Some(serde_json::to_value(cfg).map_err(|e| Error::invalid(e.to_string()))?),
+        prediction: Default::default(),
+        source: None,
     };
     let b = cfg.train.batch_size as i64;
     Run::new(&vs, &cfg.train, run, meta, vec![]).run(resume, |step| {

@@ -11,6 +11,7 @@ mod distill;
 mod eval;
 mod export;
 mod fid;
+mod import;
 mod sample;
 mod train_classifier;
 mod train_teacher;
@@ -67,6 +68,10 @@ enum Command {
     /// downloads and verifies one.
     #[command(subcommand)]
     Data(data::Args),
+    /// Import a model from another library as a dsno teacher: `dsno import diffusers DIR
+    /// --out teacher.safetensors`.
+    #[command(subcommand)]
+    Import(import::Args),
     /// Checkpoints as parts of bounded size (`split`), and back (`join`); `info` prints the kind
     /// and step.
     #[command(subcommand)]
@@ -117,6 +122,7 @@ fn run() -> ExitCode {
         Command::Export(a) => export::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a, device),
         Command::Data(a) => data::run(a),
+        Command::Import(a) => import::run(a),
         Command::Checkpoint(a) => ckpt::run(a),
     };
     match result {
