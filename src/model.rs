@@ -335,12 +335,14 @@ pub fn read_scheduler_config(path: &Path) -> Result<(Schedule, crate::denoiser::
         "epsilon" => Prediction::Eps,
         "v_prediction" => Prediction::V,
         "sample" => Prediction::X,
-        p => return Err(Error::file(
-            path,
-            format!(
+        p => {
+            return Err(Error::file(
+                path,
+                format!(
                 "key \"prediction_type\" = {p:?} is not supported (epsilon, v_prediction, sample)"
             ),
-        )),
+            ))
+        }
     };
     Ok((schedule, prediction))
 }
@@ -355,7 +357,7 @@ pub fn import_diffusers(dir: &Path, o: &ImportOptions) -> Result<checkpoint::Che
     let (config, weights, sched) = diffusers_files(dir);
     let cfg_text = crate::util::fsio::read_text(&config)?;
     let cfg = DiffusersUNetConfig::from_json(&cfg_text).map_err(|e| e.in_file(&config))?;
-    let model = ModelConfig::Diffusers(cfg);
+    let model = ModelConfig::Diffusers(Box::new(cfg));
     model.validate().map_err(|e| e.in_file(&config))?;
     let (schedule, prediction) = match (o.schedule, o.prediction) {
         (Some(s), Some(p)) => (s, p),

@@ -2169,6 +2169,16 @@ fn teacher_notes(c: &TeacherConfig) {
                 && rho.is_finite()
                 && rho > 0.0)
         }
+        Schedule::Discrete {
+            betas,
+            beta_start,
+            beta_end,
+            steps,
+        } => {
+            let named = betas == dsno::schedule::BetaSchedule::SquaredcosCapV2
+                || (beta_start > 0.0 && beta_end >= beta_start && beta_end < 1.0);
+            !(named && steps >= 2)
+        }
     };
     if bad_schedule {
         n("schedule parameters");

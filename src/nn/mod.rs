@@ -56,7 +56,7 @@ pub enum ModelConfig {
     Unet(unet::UNetConfig),
     Mlp(mlp::MlpConfig),
     /// diffusers' `UNet2DModel` (an imported teacher).
-    Diffusers(diffusers::DiffusersUNetConfig),
+    Diffusers(Box<diffusers::DiffusersUNetConfig>),
 }
 
 impl ModelConfig {
