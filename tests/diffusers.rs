@@ -369,7 +369,8 @@ fn bad_folders_are_refused_naming_the_file_and_key() {
         );
     }
     // A missing tensor, and one of the wrong shape.
-    let weights = |name: &str, f: &dyn Fn(&mut Vec<(String, Tensor)>)| -> PathBuf {
+    type Named = Vec<(String, Tensor)>;
+    let weights = |name: &str, f: &dyn Fn(&mut Named)| -> PathBuf {
         let d = root.join(name);
         copy_fixture("ddpm", &d);
         let p = d.join("diffusion_pytorch_model.safetensors");
