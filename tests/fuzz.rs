@@ -11,6 +11,8 @@
 //!   shards of a real (tiny) trajectory store made by [`generate`];
 //! - `config`: [`TeacherConfig::from_toml`] and [`DistillConfig::from_toml`] on mutated
 //!   `configs/*.toml`; an accepted teacher config's model is built (unless it is huge);
+//! - `diffusers`: [`dsno::model::import_diffusers`] on the tiny UNet2DModel fixtures with
+//!   mutated `config.json` and `scheduler_config.json`; an accepted import is run once;
 //! - `npz`: [`FidStats::read`] (the `.npz` FID statistics) on arbitrary bytes and on mutated
 //!   `.npz` files written by numpy (stored, compressed, Fortran order) and by dsno.
 //!
@@ -96,6 +98,11 @@ fn fuzz_store() {
 #[test]
 fn fuzz_config() {
     fuzz("config", "fuzz_config");
+}
+
+#[test]
+fn fuzz_diffusers() {
+    fuzz("diffusers", "fuzz_diffusers");
 }
 
 #[test]
@@ -728,6 +735,7 @@ fn worker(name: &str, state: &State) {
         "store" => store_target(&work),
         "config" => config_target(),
         "npz" => npz_target(&work),
+        "diffusers" => diffusers_target(&work),
         _ => panic!("unknown fuzz target {name}"),
     };
     let mut known = state.known();
@@ -2337,6 +2345,124 @@ fn npz_target(work: &Path) -> Target {
                     return Err(format!(
                         "garbage: statistics accepted with mu {m:?}, sigma {c:?}"
                     ));
+                }
+                Ok(())
+            }
+        }
+    };
+    Target {
+        strategy,
+        check: Box::new(check),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target 6: diffusers folders (config.json, scheduler_config.json)
+
+const DIFFUSERS_KEYS: &[&str] = &[
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "layers_per_block",
+    "norm_num_groups",
+    "norm_eps",
+    "attention_head_dim",
+    "freq_shift",
+    "flip_sin_to_cos",
+    "downsample_padding",
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "resnet_time_scale_shift",
+    "num_class_embeds",
+    "time_embedding_dim",
+    "mid_block_scale_factor",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "num_train_timesteps",
+    "prediction_type",
+];
+
+fn diffusers_target(work: &Path) -> Target {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers");
+    let read = |m: &str, f: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join(m).join(f)).unwrap()).unwrap()
+    };
+    let bases: Vec<(usize, Value, Value)> = ["ddpm", "legacy"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, read(m, "config.json"), read(m, "scheduler_config.json")))
+        .collect();
+    let models = ["ddpm", "legacy"];
+    // input: [model index, which file (0 config, 1 scheduler)] + the edited JSON text
+    let strategy = (
+        select(bases),
+        any::<bool>(),
+        vec((sel(DIFFUSERS_KEYS), json_edit()), 1..4),
+    )
+        .prop_map(|((i, cfg, sch), scheduler, edits)| {
+            let mut v = if scheduler { sch } else { cfg };
+            for (at, e) in &edits {
+                edit_json(&mut v, at, e);
+            }
+            let mut out = vec![i as u8, scheduler as u8];
+            out.extend(json_text(&v).into_bytes());
+            out
+        })
+        .boxed();
+    let dir = work.join("diffusers");
+    let check = move |input: &[u8]| -> Result<(), String> {
+        let [i, which, text @ ..] = input else {
+            return Ok(());
+        };
+        let model = models[*i as usize % models.len()];
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "config.json",
+            "diffusion_pytorch_model.safetensors",
+            "scheduler_config.json",
+        ] {
+            std::fs::copy(fixtures.join(model).join(f), dir.join(f)).unwrap();
+        }
+        let file = if *which % 2 == 1 {
+            "scheduler_config.json"
+        } else {
+            "config.json"
+        };
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let o = dsno::model::ImportOptions::default();
+        match guarded("import_diffusers", || {
+            dsno::model::import_diffusers(&dir, &o)
+        })? {
+            Err(e) => {
+                let s = e.to_string();
+                let weights = dir.join("diffusion_pytorch_model.safetensors");
+                // a changed architecture is caught when the weights do not fit it
+                if s.contains(&weights.display().to_string()) {
+                    return Ok(());
+                }
+                named(&e, &path, "diffusers")
+            }
+            Ok(ck) => {
+                let net = guarded("build", || {
+                    ck.meta.model.build(&nn::VarStore::new(Device::Cpu).root())
+                })?
+                .map_err(|e| format!("garbage: imported but not buildable: {e}"))?;
+                let shape: Vec<i64> = [1]
+                    .into_iter()
+                    .chain(ck.meta.model.sample_shape())
+                    .collect();
+                if shape.iter().product::<i64>() > MAX_SAMPLE {
+                    return Ok(());
+                }
+                let x = Tensor::zeros(shape.as_slice(), (Kind::Float, Device::Cpu));
+                let t = Tensor::from_slice(&[ck.meta.schedule.t_input(0.5) as f32]);
+                let y = guarded("forward", || net.forward_t(&x, &t, false))?;
+                if !all_finite(&y) {
+                    return Err("garbage: an accepted import gives non-finite outputs".into());
                 }
                 Ok(())
             }

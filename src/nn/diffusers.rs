@@ -274,21 +274,19 @@ impl DiffusersUNetConfig {
                 self.downsample_padding
             )
         })?;
-        check(self.norm_eps > 0.0 && self.norm_eps < 1.0, || {
-            format!("norm_eps {} not in (0, 1)", self.norm_eps)
+        // below 1e-12 the float32 ε vanishes and a constant feature map divides 0 by 0
+        check(self.norm_eps >= 1e-12 && self.norm_eps < 1.0, || {
+            format!("norm_eps {} not in [1e-12, 1)", self.norm_eps)
         })?;
         check((0.0..1.0).contains(&self.dropout), || {
             format!("dropout {} not in [0, 1)", self.dropout)
         })?;
-        check(
-            self.mid_block_scale_factor > 0.0 && self.mid_block_scale_factor.is_finite(),
-            || {
-                format!(
-                    "mid_block_scale_factor {} must be positive",
-                    self.mid_block_scale_factor
-                )
-            },
-        )?;
+        check((1e-3..=1e3).contains(&self.mid_block_scale_factor), || {
+            format!(
+                "mid_block_scale_factor {} not in [0.001, 1000]",
+                self.mid_block_scale_factor
+            )
+        })?;
         check(
             self.freq_shift.is_finite() && self.freq_shift.abs() < 1e3,
             || format!("freq_shift {}", self.freq_shift),
@@ -304,6 +302,14 @@ impl DiffusersUNetConfig {
         })?;
         check(self.block_out_channels[0] % 2 == 0, || {
             "block_out_channels[0] must be even".into()
+        })?;
+        let half = (self.block_out_channels[0] / 2) as f64;
+        check(half - self.freq_shift > 0.0, || {
+            format!(
+                "freq_shift {} must be below block_out_channels[0]/2 = {half} (the embedding's \
+                 frequencies divide by their difference)",
+                self.freq_shift
+            )
         })
     }
 
