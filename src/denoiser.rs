@@ -13,6 +13,84 @@ use tch::{Kind, Tensor};
 pub trait Denoiser {
     /// `x̂ = D(z_t, t)` for a batch `z` at schedule time `t`.
     fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor>;
+
+    /// Network evaluations one call of [`Denoiser::denoise`] costs (what solvers count as NFE):
+    /// 1, or 2 for classifier-free guidance.
+    fn evaluations(&self) -> usize {
+        1
+    }
+}
+
+/// A denoiser of class-conditional data: `D(z_t, t, y)` for labels `y` `[N]` (int64), or the
+/// unconditional `D(z_t, t)` (the null class of classifier-free guidance) when `labels` is
+/// `None`. Labels outside the model's classes are an error.
+pub trait ConditionalDenoiser {
+    fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor>;
+}
+
+/// A conditional denoiser with its labels fixed (`None`: unconditional): a plain [`Denoiser`].
+pub struct Conditioned<'a> {
+    pub inner: &'a dyn ConditionalDenoiser,
+    pub labels: Option<Tensor>,
+}
+
+impl Denoiser for Conditioned<'_> {
+    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+        self.inner.denoise_labels(z, t, self.labels.as_ref())
+    }
+}
+
+/// Classifier-free guidance (Ho & Salimans 2022) as a [`Denoiser`]:
+/// `x̂ = x̂(∅) + w·(x̂(y) − x̂(∅))`, two network evaluations per call. `w = 1` is the conditional
+/// denoiser and `w = 0` the unconditional one, each evaluated alone (exactly, in one
+/// evaluation); `w > 1` sharpens towards the class.
+pub struct Guided<'a> {
+    inner: &'a dyn ConditionalDenoiser,
+    labels: Tensor,
+    scale: f64,
+}
+
+impl<'a> Guided<'a> {
+    /// Guidance of scale `scale` (finite, ≥ 0) towards `labels` `[N]`.
+    pub fn new(inner: &'a dyn ConditionalDenoiser, labels: Tensor, scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(Error::invalid(format!(
+                "the guidance scale must be finite and at least 0, got {scale}"
+            )));
+        }
+        Ok(Guided {
+            inner,
+            labels,
+            scale,
+        })
+    }
+
+    /// The guidance scale w.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+impl Denoiser for Guided<'_> {
+    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+        if self.scale == 1.0 {
+            return self.inner.denoise_labels(z, t, Some(&self.labels));
+        }
+        let uncond = self.inner.denoise_labels(z, t, None)?;
+        if self.scale == 0.0 {
+            return Ok(uncond);
+        }
+        let cond = self.inner.denoise_labels(z, t, Some(&self.labels))?;
+        Ok(&uncond + (cond - &uncond) * self.scale)
+    }
+
+    fn evaluations(&self) -> usize {
+        if self.scale == 0.0 || self.scale == 1.0 {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 impl<F: Fn(&Tensor, f64) -> Result<Tensor>> Denoiser for F {
@@ -200,6 +278,48 @@ impl MixtureDenoiser {
             out.extend((0..d).map(|j| means[k * d + j] + stds[k] * eps[j]));
         }
         Tensor::from_slice(&out).reshape([n as i64, d as i64])
+    }
+}
+
+/// The mixture with the component as the class: `D(z, t, k)` is the posterior mean of component
+/// k alone (a Gaussian), `D(z, t)` that of the whole mixture.
+impl ConditionalDenoiser for MixtureDenoiser {
+    fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        let Some(y) = labels else {
+            return self.denoise(z, t);
+        };
+        let shape = z.size();
+        let n = shape[0];
+        let k = self.means.size()[0];
+        if y.size() != [n] {
+            return Err(Error::invalid(format!(
+                "labels of shape {:?} for a batch of {n}",
+                y.size()
+            )));
+        }
+        let y = y.to_kind(Kind::Int64);
+        let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+        if lo < 0 || hi >= k {
+            return Err(Error::invalid(format!(
+                "label {} outside the {k} classes 0..{}",
+                if lo < 0 { lo } else { hi },
+                k - 1
+            )));
+        }
+        let (kind, dev) = (z.kind(), z.device());
+        let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
+        let y = y.to_device(dev);
+        let mu = self.means.to_kind(kind).to_device(dev).index_select(0, &y); // [N, D]
+        let s2 = self
+            .stds
+            .to_kind(kind)
+            .to_device(dev)
+            .index_select(0, &y)
+            .square(); // [N]
+        let gain = (&s2 * a / (&s2 * (a * a) + s * s)).unsqueeze(-1);
+        let zf = z.reshape([n, -1]);
+        let x = &mu + gain * (zf - &mu * a);
+        Ok(x.reshape(shape.as_slice()))
     }
 }
 

@@ -182,7 +182,7 @@ pub struct Trajectory {
     pub x_hat: Vec<Tensor>,
     /// The state at the end of the grid.
     pub end: Tensor,
-    /// Denoiser evaluations used.
+    /// Network evaluations used (a guided denoiser's call counts 2).
     pub nfe: usize,
 }
 
@@ -250,7 +250,7 @@ struct Counting<'a> {
 
 impl Counting<'_> {
     fn d(&self, z: &Tensor, t: f64) -> Result<Tensor> {
-        self.calls.set(self.calls.get() + 1);
+        self.calls.set(self.calls.get() + self.inner.evaluations());
         self.inner.denoise(z, t)
     }
 }
