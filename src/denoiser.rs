@@ -110,6 +110,19 @@ pub enum Prediction {
     Eps,
     /// The velocity `v = α ε − σ x` (Salimans & Ho 2022).
     V,
+    /// Two heads, x and ε (twice the channels, x first), mixed as Progressive Distillation's
+    /// ImageNet-64 model does: `x̂ = w·x̂_x + (1 − w)·x̂(ε̂)` with `w = sigmoid(−λ) = σ²/(α² + σ²)`
+    /// ([`x_from_both`]).
+    Both,
+}
+
+/// The "both" parameterisation: `out` `[N, 2C, …]` holds an x head and an ε head;
+/// `x̂ = w·x_head + (1 − w)·(z − σ ε_head)/α` with `w = σ²/(α² + σ²)`.
+pub fn x_from_both(z: &Tensor, out: &Tensor, alpha: f64, sigma: f64) -> Tensor {
+    let c = out.size()[1] / 2;
+    let (x, eps) = (out.narrow(1, 0, c), out.narrow(1, c, c));
+    let w = sigma * sigma / (alpha * alpha + sigma * sigma);
+    x * w + x_from_eps(z, &eps, alpha, sigma) * (1.0 - w)
 }
 
 /// `x̂ = (z − σ ε̂) / α`.
@@ -142,6 +155,7 @@ impl<F: Fn(&Tensor, f64) -> Result<Tensor>> Denoiser for PredictionDenoiser<F> {
             Prediction::X => out,
             Prediction::Eps => x_from_eps(z, &out, a, s),
             Prediction::V => x_from_v(z, &out, a, s),
+            Prediction::Both => x_from_both(z, &out, a, s),
         })
     }
 }

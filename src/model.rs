@@ -2,7 +2,7 @@
 //! (DSNO operator or KD student) maps noise to samples in one pass; [`load_classifier`] reads
 //! the metrics' feature classifier.
 use crate::checkpoint::{self, CheckpointMeta, ClassifierInfo, ModelKind};
-use crate::denoiser::{Denoiser, Prediction};
+use crate::denoiser::{ConditionalDenoiser, Denoiser, Prediction};
 use crate::nn::classifier::Classifier;
 use crate::nn::inception::Inception;
 use crate::nn::lpips::Lpips;
@@ -56,8 +56,16 @@ impl Teacher {
     }
 }
 
-impl Denoiser for Teacher {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+impl Teacher {
+    /// Class labels the teacher takes: `Some(K)` for a class-conditional teacher.
+    pub fn num_classes(&self) -> Option<i64> {
+        self.net.num_classes()
+    }
+}
+
+impl ConditionalDenoiser for Teacher {
+    /// `D(z, t, y)`; `None` is the null class (for an unconditional teacher, its only mode).
+    fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let n = z.size()[0];
         let t_in = Tensor::full(
@@ -65,15 +73,24 @@ impl Denoiser for Teacher {
             self.meta.schedule.t_input(t),
             (Kind::Float, z.device()),
         );
-        let out = self.net.forward_t(&z.to_kind(Kind::Float), &t_in, false);
-        let (a, s) = self.meta.schedule.alpha_sigma(t);
         let zf = z.to_kind(Kind::Float);
+        let y = labels.map(|y| y.to_device(z.device()));
+        let out = self.net.forward_labels(&zf, &t_in, y.as_ref(), false)?;
+        let (a, s) = self.meta.schedule.alpha_sigma(t);
         let x = match self.meta.prediction {
             Prediction::X => out,
             Prediction::Eps => crate::denoiser::x_from_eps(&zf, &out, a, s),
             Prediction::V => crate::denoiser::x_from_v(&zf, &out, a, s),
+            Prediction::Both => crate::denoiser::x_from_both(&zf, &out, a, s),
         };
         Ok(x.to_kind(z.kind()))
+    }
+}
+
+impl Denoiser for Teacher {
+    /// The unconditional denoiser (a class-conditional teacher's null class).
+    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+        self.denoise_labels(z, t, None)
     }
 }
 

@@ -153,3 +153,117 @@ fn bad_labels_and_scales_are_errors() {
         assert!(e.contains("guidance scale"), "{e}");
     }
 }
+
+/// The bundled unconditional MNIST teacher's weights in a class-conditional U-Net (the class
+/// embedding zero-initialised, as `train-teacher --init` starts one): the same network for every
+/// label and the null class.
+#[test]
+fn a_zero_initialised_class_embedding_changes_nothing() {
+    use dsno::denoiser::ConditionalDenoiser;
+    use dsno::nn::ModelConfig;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-teacher.safetensors");
+    let base = dsno::model::Teacher::load(&path, Device::Cpu).unwrap();
+    let mut ck = dsno::checkpoint::load(&path).unwrap();
+    let ModelConfig::Unet(c) = &mut ck.meta.model else {
+        panic!("a U-Net teacher")
+    };
+    c.num_classes = Some(10);
+    let dir = std::env::temp_dir().join(format!("dsno-cond-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cond_path = dir.join("cond.safetensors");
+    // the conditional model's variables: the teacher's plus a zero class embedding
+    let e = 64; // 4 × 16 channels
+    ck.tensors.insert(
+        "class_emb.weight".into(),
+        Tensor::zeros([11, e], (Kind::Float, Device::Cpu)),
+    );
+    ck.export(&cond_path, None).unwrap();
+    let cond = dsno::model::Teacher::load(&cond_path, Device::Cpu).unwrap();
+    assert_eq!(cond.num_classes(), Some(10));
+    tch::manual_seed(3);
+    let z = Tensor::randn([11, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(11, (Kind::Int64, Device::Cpu)); // 0..9 and the null class 10
+    for t in [0.8, 0.3] {
+        let want = base.denoise(&z, t).unwrap();
+        assert!(
+            cond.denoise_labels(&z, t, Some(&y)).unwrap().equal(&want),
+            "t = {t}"
+        );
+        assert!(cond.denoise(&z, t).unwrap().equal(&want));
+    }
+    // Labels: refused by the unconditional teacher, range-checked by the conditional one.
+    let e1 = base
+        .denoise_labels(&z, 0.5, Some(&y))
+        .unwrap_err()
+        .to_string();
+    assert!(e1.contains("not class-conditional"), "{e1}");
+    let bad = Tensor::full([11], 11, (Kind::Int64, Device::Cpu));
+    let e2 = cond
+        .denoise_labels(&z, 0.5, Some(&bad))
+        .unwrap_err()
+        .to_string();
+    assert!(e2.contains("outside the 10 classes"), "{e2}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A few steps of conditional teacher training from the unconditional teacher (`--init`):
+/// labels are needed, the class embedding learns (it leaves zero) and the rest starts where
+/// the teacher was.
+#[test]
+fn conditional_teacher_training_starts_from_an_unconditional_teacher() {
+    use dsno::train::teacher::{train, train_labeled, TeacherConfig};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = TeacherConfig::load(&root.join("configs/mnist-cond.toml")).unwrap();
+    cfg.train.steps = 3;
+    cfg.train.batch_size = 8;
+    cfg.train.warmup = 1;
+    cfg.train.lr = 1e-3;
+    let dir = std::env::temp_dir().join(format!("dsno-cond-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tch::manual_seed(5);
+    let images = Tensor::rand([32, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let labels = Tensor::arange(32, (Kind::Int64, Device::Cpu)).remainder(10);
+    let run = |d: &str| dsno::train::RunOptions {
+        out: dir.join(d),
+        ..Default::default()
+    };
+    let init = root.join("models/mnist-teacher.safetensors");
+    let mut uncond_cfg = cfg.clone();
+    uncond_cfg.label_dropout = 0.0;
+    // no labels for a conditional model: an error
+    let e = train(&cfg, images.shallow_clone(), &run("a"), Some(&init)).unwrap_err();
+    assert!(e.to_string().contains("needs the training labels"), "{e}");
+    train_labeled(&cfg, images, Some(labels), &run("b"), Some(&init)).unwrap();
+    let ck = dsno::checkpoint::load(&dir.join("b/model.safetensors")).unwrap();
+    let table = &ck.tensors["class_emb.weight"];
+    assert_eq!(table.size(), [11, 64]);
+    assert!(
+        table.abs().max().double_value(&[]) > 0.0,
+        "the class embedding learned"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The "both" parameterisation: x̂ = w x_head + (1 − w) x̂(ε_head) with w = σ²/(α² + σ²).
+#[test]
+fn both_heads_mix_by_the_noise_level() {
+    use dsno::denoiser::{x_from_both, x_from_eps};
+    tch::manual_seed(9);
+    let z = Tensor::randn([3, 2, 4, 4], (Kind::Double, Device::Cpu));
+    let out = Tensor::randn([3, 4, 4, 4], (Kind::Double, Device::Cpu));
+    let (x, eps) = (out.narrow(1, 0, 2), out.narrow(1, 2, 2));
+    let s = Schedule::vp_cosine();
+    for t in [0.05, 0.5, 0.95] {
+        let (a, sg) = s.alpha_sigma(t);
+        let got = x_from_both(&z, &out, a, sg);
+        let lambda = s.lambda(t);
+        let w = 1.0 / (1.0 + lambda.exp()); // sigmoid(−λ)
+        let want = &x * w + x_from_eps(&z, &eps, a, sg) * (1.0 - w);
+        assert!((got - want).abs().max().double_value(&[]) < 1e-9, "t = {t}");
+    }
+    // high noise: the x head; low noise: the ε head's x̂
+    let (a, sg) = s.alpha_sigma(1.0);
+    let far = x_from_both(&z, &out, a, sg);
+    assert!((far - &x).abs().max().double_value(&[]) < 1e-3);
+}

@@ -42,11 +42,64 @@ pub trait Backbone: Send {
     /// attention matmuls; norms and activations are not counted).
     fn flops_per_sample(&self) -> f64;
 
-    /// The plain network: `f(x, t_in)`.
+    /// The plain network: `f(x, t_in)` (a class-conditional network with its null class).
     fn forward_t(&self, x: &Tensor, t_in: &Tensor, train: bool) -> Tensor {
         let emb = self.embed(t_in);
         self.body(self.stem(x), &emb, train, &mut |_, h| h)
     }
+
+    /// `Some(K)` for a class-conditional network (labels 0 … K − 1, and K, the null class of
+    /// classifier-free guidance, meaning "no label"); `None` for an unconditional one.
+    fn num_classes(&self) -> Option<i64> {
+        None
+    }
+
+    /// The embedding of network times `t_in` with class `labels` `[N]` (int64) added; `None`
+    /// is the null class. An unconditional network refuses labels.
+    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        match labels {
+            None => Ok(self.embed(t_in)),
+            Some(_) => Err(Error::invalid(
+                "this network is not class-conditional: it takes no labels",
+            )),
+        }
+    }
+
+    /// `f(x, t_in, y)`: the network with class labels (`None`: the null class).
+    fn forward_labels(
+        &self,
+        x: &Tensor,
+        t_in: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let emb = self.embed_labels(t_in, labels)?;
+        Ok(self.body(self.stem(x), &emb, train, &mut |_, h| h))
+    }
+}
+
+/// Checks class labels `[N]` against `n` rows and `classes` classes (the null class `classes`
+/// allowed when `null`).
+pub fn check_labels(labels: &Tensor, n: i64, classes: i64, null: bool) -> Result<Tensor> {
+    if labels.size() != [n] {
+        return Err(Error::invalid(format!(
+            "labels of shape {:?} for a batch of {n}",
+            labels.size()
+        )));
+    }
+    let y = labels.to_kind(tch::Kind::Int64);
+    if n > 0 {
+        let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+        let top = if null { classes } else { classes - 1 };
+        if lo < 0 || hi > top {
+            return Err(Error::invalid(format!(
+                "label {} outside the {classes} classes 0..{}",
+                if lo < 0 { lo } else { hi },
+                classes - 1
+            )));
+        }
+    }
+    Ok(y)
 }
 
 /// Which backbone, with its configuration (stored in every checkpoint).
@@ -103,6 +156,15 @@ impl ModelConfig {
             ModelConfig::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
             ModelConfig::Mlp(c) => vec![c.dim],
             ModelConfig::Diffusers(c) => vec![c.in_channels, c.sample_size, c.sample_size],
+        }
+    }
+
+    /// `Some(K)` for a class-conditional model of K classes.
+    pub fn num_classes(&self) -> Option<i64> {
+        match self {
+            ModelConfig::Unet(c) => c.num_classes,
+            ModelConfig::Mlp(_) => None,
+            ModelConfig::Diffusers(c) => c.num_class_embeds,
         }
     }
 

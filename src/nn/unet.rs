@@ -45,6 +45,10 @@ pub struct UNetConfig {
     pub dropout: f64,
     /// GroupNorm groups (at most; fewer where the channel count is smaller).
     pub groups: i64,
+    /// Class-conditional: K classes, a learned embedding of K + 1 rows (the last the null class
+    /// of classifier-free guidance) added to the time embedding, zero-initialised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<i64>,
 }
 
 impl Default for UNetConfig {
@@ -62,6 +66,7 @@ impl Default for UNetConfig {
             num_heads: 1,
             dropout: 0.2,
             groups: 32,
+            num_classes: None,
         }
     }
 }
@@ -82,6 +87,7 @@ impl UNetConfig {
             num_heads: 4,
             dropout: 0.1,
             groups: 8,
+            num_classes: None,
         }
     }
 
@@ -100,6 +106,9 @@ impl UNetConfig {
         check_range("model.num_res_blocks", self.num_res_blocks, 1, 16)?;
         check_range("model.num_heads", self.num_heads, 1, 64)?;
         check_range("model.groups", self.groups, 1, 1024)?;
+        if let Some(k) = self.num_classes {
+            check_range("model.num_classes", k, 1, 100_000)?;
+        }
         let unit = (0.0..1.0).contains(&self.dropout);
         check_field("model.dropout", self.dropout, unit, "in [0, 1)")?;
         for (i, &r) in self.attn_resolutions.iter().enumerate() {
@@ -247,6 +256,7 @@ impl UNetConfig {
         n += 2 * res_params(mc, mc) + attn_params(mc);
         let c_last = self.channels * self.channel_mult[0];
         n += 2 * c_last + c_last * self.out_channels * 9 + self.out_channels;
+        n += self.num_classes.map_or(0, |k| (k + 1) * e);
         n as u64
     }
 
@@ -482,6 +492,8 @@ impl Block {
 pub struct UNet {
     cfg: UNetConfig,
     temb: TimeEmbedding,
+    /// `[K + 1, E]`: the class embedding of a conditional U-Net (`class_emb.weight`).
+    class_emb: Option<Tensor>,
     conv_in: nn::Conv2D,
     down: Vec<Block>,
     mid_res0: ResBlock,
@@ -524,6 +536,9 @@ impl UNet {
         Ok(UNet {
             cfg: cfg.clone(),
             temb: TimeEmbedding::new(&(p / "temb"), cfg.channels, e),
+            class_emb: cfg
+                .num_classes
+                .map(|k| (p / "class_emb").var("weight", &[k + 1, e], nn::Init::Const(0.0))),
             conv_in: conv(p / "conv_in", cfg.in_channels, cfg.channels, 3, false),
             down,
             mid_res0: ResBlock::new(p / "mid" / "res0", &mid, e, g, cfg.dropout),
@@ -542,7 +557,30 @@ impl UNet {
 
 impl Backbone for UNet {
     fn embed(&self, t_in: &Tensor) -> Tensor {
-        self.temb.forward(t_in)
+        let e = self.temb.forward(t_in);
+        match &self.class_emb {
+            // the null class
+            Some(table) => e + table.get(table.size()[0] - 1),
+            None => e,
+        }
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.cfg.num_classes
+    }
+
+    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        match (&self.class_emb, labels) {
+            (_, None) => Ok(self.embed(t_in)),
+            (None, Some(_)) => Err(crate::Error::invalid(
+                "this U-Net is not class-conditional (model.num_classes): it takes no labels",
+            )),
+            (Some(table), Some(y)) => {
+                let k = table.size()[0] - 1;
+                let y = super::check_labels(y, t_in.size()[0], k, true)?;
+                Ok(self.temb.forward(t_in) + table.index_select(0, &y.to_device(table.device())))
+            }
+        }
     }
 
     fn stem(&self, x: &Tensor) -> Tensor {

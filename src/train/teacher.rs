@@ -78,6 +78,17 @@ impl DataConfig {
         }
     }
 
+    /// Loads the training labels `[N]` (int64) of an IDX data set (a toy set has none).
+    pub fn load_labels(&self, dir: Option<&Path>) -> Result<Tensor> {
+        match (self, dir) {
+            (DataConfig::Idx { .. }, Some(dir)) => idx::load_labels(dir, idx::Split::Train),
+            _ => Err(Error::invalid(format!(
+                "data set `{}` has no class labels to condition on",
+                self.name()
+            ))),
+        }
+    }
+
     /// Loads the training data as float `[N, …]` (images in [-1, 1]).
     pub fn load(&self, dir: Option<&Path>) -> Result<Tensor> {
         match self {
@@ -108,6 +119,14 @@ pub struct TeacherConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Class-conditional models: the fraction of training labels replaced by the null class,
+    /// so that the one network is also the unconditional model of classifier-free guidance.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_dropout: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl TeacherConfig {
@@ -125,6 +144,13 @@ impl TeacherConfig {
         self.model.validate()?;
         self.schedule.validate()?;
         self.train.validate("train")?;
+        check_range("label_dropout", self.label_dropout, 0.0, 1.0)?;
+        check_field(
+            "label_dropout",
+            self.label_dropout,
+            self.label_dropout == 0.0 || self.model.num_classes().is_some(),
+            "0 for an unconditional model (model.num_classes unset)",
+        )?;
         match &self.data {
             DataConfig::Idx { name } => check_field(
                 "data.name",
@@ -172,12 +198,25 @@ fn coefficients(
 
 /// Trains a teacher on `data` (float `[N, …]`) into `out`; `resume` continues from
 /// `out/ckpt.safetensors`. A fresh run (not `resume`) starts from the weights of the teacher
-/// checkpoint `init` when given (same model config; fresh optimiser and step count, the
-/// warm-up included): how a trained teacher is trained further when its optimiser state is
-/// not at hand, e.g. from a bundled float16 export.
+/// checkpoint `init` when given (same model config, or its unconditional version for a
+/// class-conditional model, whose class embedding then starts at zero; fresh optimiser and
+/// step count, the warm-up included): how a trained teacher is trained further when its
+/// optimiser state is not at hand, e.g. from a bundled float16 export.
 pub fn train(
     cfg: &TeacherConfig,
     data: Tensor,
+    run: &RunOptions,
+    init: Option<&Path>,
+) -> Result<Summary> {
+    train_labeled(cfg, data, None, run, init)
+}
+
+/// [`train`] with class labels `[N]` for a class-conditional model (required by one, refused by
+/// an unconditional one); each step replaces a `label_dropout` fraction of them by the null class.
+pub fn train_labeled(
+    cfg: &TeacherConfig,
+    data: Tensor,
+    labels: Option<Tensor>,
     run: &RunOptions,
     init: Option<&Path>,
 ) -> Result<Summary> {
@@ -190,29 +229,40 @@ pub fn train(
             want
         )));
     }
+    let labels = match (cfg.model.num_classes(), labels) {
+        (Some(k), Some(y)) => Some(crate::nn::check_labels(&y, data.size()[0], k, false)?),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "a class-conditional model (model.num_classes) needs the training labels",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "labels given for an unconditional model (model.num_classes unset)",
+            ))
+        }
+    };
     let vs = nn::VarStore::new(device);
     tch::manual_seed(super::step_seed(cfg.train.seed, u64::MAX));
     let net = cfg.model.build(&vs.root())?;
     if let (Some(path), false) = (init, resume) {
-        let ck = checkpoint::load(path)?;
-        if ck.meta.kind != ModelKind::Teacher {
-            return Err(Error::file(
-                path,
-                format!(
-                    "initial weights must come from a teacher, this is a {:?} checkpoint",
-                    ck.meta.kind
-                ),
-            ));
-        }
-        if ck.meta.model != cfg.model {
-            return Err(Error::file(
-                path,
-                "the initial weights' model differs from the config's [model]",
-            ));
-        }
-        ck.load_into(&vs, "", path)?;
+        init_from(cfg, &vs, path)?;
     }
-    let batches = Batches::new(data.to_device(device), cfg.train.batch_size, cfg.train.seed)?;
+    let n = data.size()[0];
+    let batches = match &labels {
+        // batches of indices: the same permutation picks the images and their labels
+        Some(_) => Batches::new(
+            Tensor::arange(n, (Kind::Int64, device)),
+            cfg.train.batch_size,
+            cfg.train.seed,
+        )?,
+        None => Batches::new(data.to_device(device), cfg.train.batch_size, cfg.train.seed)?,
+    };
+    let (data, labels) = (
+        labels.as_ref().map(|_| data.to_device(device)),
+        labels.map(|y| y.to_device(device)),
+    );
     let meta = CheckpointMeta {
         kind: ModelKind::Teacher,
         model: cfg.model.clone(),
@@ -226,8 +276,15 @@ pub fn train(
         source: None,
     };
     let b = cfg.train.batch_size as i64;
+    let null = cfg.model.num_classes().unwrap_or(0);
     Run::new(&vs, &cfg.train, run, meta, vec![]).run(resume, |step| {
-        let x = batches.get(step);
+        let (x, y) = match (&data, &labels) {
+            (Some(d), Some(l)) => {
+                let ix = batches.get(step);
+                (d.index_select(0, &ix), Some(l.index_select(0, &ix)))
+            }
+            _ => (batches.get(step), None),
+        };
         let mut t: Vec<f64> =
             Vec::<f64>::try_from(&Tensor::rand([b], (Kind::Double, Device::Cpu)))?;
         if cfg.time_sampling == TimeSampling::Quadratic {
@@ -236,7 +293,11 @@ pub fn train(
         let (a, s, t_in, w) = coefficients(&cfg.schedule, cfg.loss_weight, &t, &x);
         let eps = x.randn_like();
         let z = &x * &a + &eps * &s;
-        let x_hat = net.forward_t(&z, &t_in, true);
+        let y = y.map(|y| {
+            let drop = Tensor::rand([b], (Kind::Float, y.device())).lt(cfg.label_dropout);
+            y.where_self(&drop.logical_not(), &Tensor::full_like(&y, null))
+        });
+        let x_hat = net.forward_labels(&z, &t_in, y.as_ref(), true)?;
         let dims: Vec<i64> = (1..x.dim() as i64).collect();
         let mse = (x_hat - &x)
             .square()
@@ -246,4 +307,36 @@ pub fn train(
             extra: vec![],
         })
     })
+}
+
+/// Loads a teacher checkpoint's weights into `vs` for a fresh run of `cfg`: the same model, or
+/// the unconditional version of `cfg`'s class-conditional one (its class embedding stays zero).
+fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let ck = checkpoint::load(path)?;
+    if ck.meta.kind != ModelKind::Teacher {
+        return Err(Error::file(
+            path,
+            format!(
+                "initial weights must come from a teacher, this is a {:?} checkpoint",
+                ck.meta.kind
+            ),
+        ));
+    }
+    let unconditional = |m: &ModelConfig| match m {
+        ModelConfig::Unet(c) => ModelConfig::Unet(crate::nn::unet::UNetConfig {
+            num_classes: None,
+            ..c.clone()
+        }),
+        other => other.clone(),
+    };
+    if ck.meta.model == cfg.model {
+        return ck.load_into(vs, "", path);
+    }
+    if ck.meta.model.num_classes().is_none() && unconditional(&cfg.model) == ck.meta.model {
+        return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
+    }
+    Err(Error::file(
+        path,
+        "the initial weights' model differs from the config's [model]",
+    ))
 }

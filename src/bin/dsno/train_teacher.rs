@@ -1,7 +1,7 @@
 //! `dsno train-teacher`: a diffusion teacher from a TOML config.
 use crate::common::{data_dir, describe, RunArgs};
 use anyhow::Result;
-use dsno::train::teacher::{train, DataConfig, TeacherConfig};
+use dsno::train::teacher::{train_labeled, DataConfig, TeacherConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::Device;
@@ -31,6 +31,10 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         DataConfig::Toy2d { .. } => None,
     };
     let data = cfg.data.load(dir.as_deref())?;
+    let labels = match cfg.model.num_classes() {
+        Some(_) => Some(cfg.data.load_labels(dir.as_deref())?),
+        None => None,
+    };
     println!(
         "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
         cfg.model.num_params(),
@@ -41,6 +45,12 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         describe(device)
     );
     dsno::train::install_stop_handler();
-    let s = train(&cfg, data, &a.run.options(device), a.init.as_deref())?;
+    let s = train_labeled(
+        &cfg,
+        data,
+        labels,
+        &a.run.options(device),
+        a.init.as_deref(),
+    )?;
     Ok(a.run.report(&s))
 }
