@@ -190,7 +190,7 @@ impl fmt::Display for Method {
 /// A one-step generator: noise x_T `[B, …]` → outputs `[B, M', …]` in one forward pass, the last
 /// of which is the sample (DSNO: M' = M output times; KD: M' = 1).
 pub enum Generator {
-    Dsno(Operator),
+    Dsno(Box<Operator>),
     Kd {
         backbone: Box<dyn Backbone>,
         /// The network time input of the last output time.
@@ -209,7 +209,7 @@ impl Generator {
         schedule: Schedule,
     ) -> Result<Self> {
         Ok(match method {
-            Method::Dsno => Generator::Dsno(Operator::new(p, cfg, schedule)?),
+            Method::Dsno => Generator::Dsno(Box::new(Operator::new(p, cfg, schedule)?)),
             Method::Kd => {
                 let t0 = *cfg
                     .times

@@ -1433,6 +1433,7 @@ fn tiny_unet() -> UNetConfig {
         num_heads: 2,
         dropout: 0.0,
         groups: 2,
+        num_classes: None,
     }
 }
 
