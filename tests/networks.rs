@@ -20,6 +20,7 @@ fn small_unet(size: i64, ch: i64) -> UNetConfig {
         num_heads: 2,
         dropout: 0.0,
         groups: 8,
+        num_classes: None,
     }
 }
 
