@@ -267,3 +267,98 @@ fn both_heads_mix_by_the_noise_level() {
     let far = x_from_both(&z, &out, a, sg);
     assert!((far - &x).abs().max().double_value(&[]) < 1e-3);
 }
+
+/// `dsno sample` on a class-conditional teacher: `--classes` draws one row per class,
+/// `--class` with `--guidance` costs two evaluations per step; labels for an unconditional
+/// teacher, none for a conditional one, or out of range are errors.
+#[test]
+fn sample_draws_classes_with_guidance() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base = root.join("models/mnist-teacher.safetensors");
+    let mut ck = dsno::checkpoint::load(&base).unwrap();
+    let dsno::nn::ModelConfig::Unet(c) = &mut ck.meta.model else {
+        panic!()
+    };
+    c.num_classes = Some(10);
+    ck.tensors.insert(
+        "class_emb.weight".into(),
+        Tensor::zeros([11, 64], (Kind::Float, Device::Cpu)),
+    );
+    let dir = std::env::temp_dir().join(format!("dsno-cond-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cond = dir.join("cond.safetensors");
+    ck.export(&cond, None).unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dsno"))
+            .args(args)
+            .args(["--device", "cpu"])
+            .output()
+            .unwrap()
+    };
+    let grid = dir.join("grid.png");
+    let o = run(&[
+        "sample",
+        "--model",
+        &s(&cond),
+        "--solver",
+        "ddim",
+        "--steps",
+        "3",
+        "--classes",
+        "--count",
+        "2",
+        "--out",
+        &s(&grid),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dsno::util::image::Image::load_png(&grid).unwrap();
+    assert_eq!(
+        (img.width, img.height),
+        (2 * 28 + 3 * 2, 10 * 28 + 11 * 2),
+        "ten rows of two"
+    );
+    let o = run(&[
+        "sample",
+        "--model",
+        &s(&cond),
+        "--solver",
+        "ddim",
+        "--steps",
+        "3",
+        "--class",
+        "3",
+        "--guidance",
+        "2",
+        "--count",
+        "2",
+        "--out",
+        &s(&grid),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("NFE 6"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (model, extra, want) in [
+        (&base, vec!["--class", "3"], "not class-conditional"),
+        (&cond, vec![], "give --class N or --classes"),
+        (&cond, vec!["--class", "10"], "classes 0..9"),
+        (
+            &cond,
+            vec!["--class", "1", "--guidance", "-1"],
+            "guidance scale",
+        ),
+    ] {
+        let (m, g) = (s(model), s(&grid));
+        let mut all = vec![
+            "sample", "--model", &m, "--solver", "ddim", "--steps", "2", "--out", &g,
+        ];
+        all.extend(extra.iter());
+        let o = run(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{all:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

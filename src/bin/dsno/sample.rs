@@ -2,7 +2,7 @@
 use crate::common::{describe, save_raw};
 use anyhow::{bail, Context, Result};
 use dsno::checkpoint::{self, ModelKind};
-use dsno::denoiser::MixtureDenoiser;
+use dsno::denoiser::{Denoiser, Guided, MixtureDenoiser};
 use dsno::eval::sampling::{draw, DrawOptions, Sampler};
 use dsno::model::{OneStep, Teacher};
 use dsno::sampling::Noise;
@@ -54,6 +54,49 @@ pub struct Args {
     /// for teachers and the toy model).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     batch: Option<u64>,
+    /// A class-conditional teacher: draw every sample of this class.
+    #[arg(long, conflicts_with = "classes")]
+    class: Option<i64>,
+    /// A class-conditional teacher: a grid with one row per class (--count samples per class).
+    #[arg(long)]
+    classes: bool,
+    /// Classifier-free guidance scale w for a class-conditional teacher (1: the conditional
+    /// model, 0: the unconditional one; two network evaluations per step otherwise).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    guidance: f64,
+}
+
+/// The labels of a conditional teacher's samples (`None` for an unconditional teacher), and the
+/// sample count they imply; checks that labels are asked of conditional teachers only.
+fn labels(a: &Args, classes: Option<i64>, path: &Path) -> Result<(Option<tch::Tensor>, u64)> {
+    let asked = a.class.is_some() || a.classes || a.guidance != 1.0;
+    let count = a.count.unwrap_or(if a.classes { 8 } else { 64 });
+    match (classes, asked) {
+        (None, false) => Ok((None, count)),
+        (None, true) => bail!(
+            "{} is not class-conditional: --class, --classes and --guidance do not apply",
+            path.display()
+        ),
+        (Some(k), _) => {
+            let labels: Vec<i64> = match (a.class, a.classes) {
+                (Some(c), _) if !(0..k).contains(&c) => {
+                    bail!(
+                        "--class {c}: {} has the classes 0..{}",
+                        path.display(),
+                        k - 1
+                    )
+                }
+                (Some(c), _) => vec![c; count as usize],
+                (None, true) => (0..k * count as i64).map(|i| i / count as i64).collect(),
+                (None, false) => bail!(
+                    "{} is class-conditional: give --class N or --classes",
+                    path.display()
+                ),
+            };
+            let n = labels.len() as u64;
+            Ok((Some(tch::Tensor::from_slice(&labels)), n))
+        }
+    }
 }
 
 /// The bundled MNIST DSNO model (float16 weights, built into the binary).
@@ -94,23 +137,57 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
         );
     };
     let teacher = Teacher::load(path, device)?;
+    let (labels, count) = labels(a, teacher.num_classes(), path)?;
+    if labels.is_some() && a.batch.is_some() {
+        bail!("class-conditional samples are solved all at once: --batch does not apply");
+    }
     let schedule = teacher.schedule();
     let grid = a.grid.make(solver, &schedule, a.steps as usize);
     let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.seed, shape, &schedule, grid[0], device);
+    let guided = match &labels {
+        Some(y) => Some(Guided::new(&teacher, y.to_device(device), a.guidance)?),
+        None => None,
+    };
+    let denoiser: &dyn Denoiser = match &guided {
+        Some(g) => g,
+        None => &teacher,
+    };
     let sampler = Sampler::Ode {
-        denoiser: &teacher,
+        denoiser,
         schedule,
         solver,
         grid,
     };
-    let d = draw(&sampler, &noise, &options(a, 64, None))?;
+    let o = DrawOptions {
+        count: count as usize,
+        batch: a.batch.unwrap_or(count) as usize,
+        ..options(a, count, None)
+    };
+    let d = draw(&sampler, &noise, &o)?;
+    report_teacher(a, path, &teacher, &noise, &d, solver, device)
+}
+
+fn report_teacher(
+    a: &Args,
+    path: &Path,
+    teacher: &Teacher,
+    noise: &Noise,
+    d: &dsno::eval::sampling::Drawn,
+    solver: Solver,
+    device: Device,
+) -> Result<()> {
     if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
         let x_t = noise.of(0..d.samples.size()[0] as u64);
         let (w2, w2_noise) = dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.seed ^ 0x5eed)?;
         println!("sliced W2 to fresh {name} points: samples {w2:.4}, initial noise {w2_noise:.4}");
     }
-    write(a, &d.samples, None)?;
+    if a.classes {
+        let per_row = a.count.unwrap_or(8) as usize;
+        image::grid(&d.samples, per_row, 2)?.save_png(&a.out)?;
+    } else {
+        write(a, &d.samples, None)?;
+    }
     println!(
         "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
         path.display(),
