@@ -132,7 +132,8 @@ fn classifier(
             c.1, c.0.info.dataset
         );
     }
-    Ok(c)
+    let (acc, set) = (100.0 * c.0.info.test_accuracy, c.0.info.dataset.clone());
+    Ok((c.0, format!("{} ({set}, test accuracy {acc:.2} %)", c.1)))
 }
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
@@ -150,11 +151,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         dsno: dsno_m.as_ref().map(|(m, n)| (m, n.clone())),
         kd: kd_m.as_ref().map(|(m, n)| (m, n.clone())),
         classifier: &cls.net,
-        classifier_name: format!(
-            "{cls_name} ({}, test accuracy {:.2} %)",
-            cls.info.dataset,
-            100.0 * cls.info.test_accuracy
-        ),
+        classifier_name: cls_name,
         train_images,
         test_images: images(idx::Split::Test)?,
         inception: inc.as_ref().map(|(net, reference, name)| InceptionInputs {
@@ -164,22 +161,18 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
             batch: a.net.inception_batch as usize,
         }),
     };
+    let n = (a.count, a.batch, describe(device));
     println!(
         "eval: {} samples per method, batch {}, on {}",
-        a.count,
-        a.batch,
-        describe(device)
+        n.0, n.1, n.2
     );
     let start = Instant::now();
     let (report, samples) = evaluate(&inputs, &options(&a))?;
     write_report(&a.out, &report, &samples)?;
     print!("{}", report.table());
     report.targets().iter().for_each(|t| println!("{t}"));
-    println!(
-        "{:.1} s → {}",
-        start.elapsed().as_secs_f64(),
-        a.out.join("report.md").display()
-    );
+    let secs = start.elapsed().as_secs_f64();
+    println!("{secs:.1} s → {}", a.out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
 }
 
