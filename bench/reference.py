@@ -99,7 +99,7 @@ class Block(nn.Module):
     def __init__(self, cin, cout, emb, cfg, resample=None, attn=False):
         super().__init__()
         self.res = ResBlock(cin, cout, emb, cfg["groups"], cfg["dropout"], resample)
-        self.attn = Attention(cout, cfg["num_heads"], cfg["groups"]) if attn else None
+        self.attn = Attention(cout, heads(cfg, cout), cfg["groups"]) if attn else None
         self.resample = resample
 
     def forward(self, x, emb):
@@ -124,12 +124,20 @@ class TimeConv(nn.Module):
         return u + F.leaky_relu(torch.fft.irfft(out, n=m, dim=1), 0.01)
 
 
+def heads(cfg, c):
+    """Heads of an attention layer of c channels: c / head_dim when head_dim is set."""
+    return c // cfg["head_dim"] if cfg.get("head_dim") else cfg["num_heads"]
+
+
 class UNet(nn.Module):
     def __init__(self, cfg, modes=None, slots=None):
         super().__init__()
         ch, e = cfg["channels"], 4 * cfg["channels"]
         self.cfg = cfg
         self.temb = TimeEmbedding(ch, e)
+        # class-conditional: K + 1 rows (the last the null class), zero-initialised
+        k = cfg.get("num_classes")
+        self.class_emb = nn.Parameter(torch.zeros(k + 1, e)) if k else None
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
         nn.init.zeros_(self.conv_in.bias)
         down, up, skips = [], [], [ch]
@@ -146,7 +154,7 @@ class UNet(nn.Module):
                 skips.append(cur)
         self.down = nn.ModuleList(down)
         self.mid = nn.ModuleDict(
-            {"res0": ResBlock(cur, cur, e, cfg["groups"], cfg["dropout"]), "attn": Attention(cur, cfg["num_heads"], cfg["groups"]),
+            {"res0": ResBlock(cur, cur, e, cfg["groups"], cfg["dropout"]), "attn": Attention(cur, heads(cfg, cur), cfg["groups"]),
              "res1": ResBlock(cur, cur, e, cfg["groups"], cfg["dropout"])})
         for lvl, m in reversed(list(enumerate(mults))):
             for _ in range(cfg["num_res_blocks"] + 1):
@@ -227,7 +235,11 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--params-only", action="store_true", help="print the parameter count only")
     a = ap.parse_args()
+    if a.params_only:
+        print(json.dumps({"unet_params": sum(p.numel() for p in UNet(json.loads(a.config)).parameters())}))
+        return
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     cfg = json.loads(a.config)

@@ -362,3 +362,81 @@ fn sample_draws_classes_with_guidance() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// configs/imagenet64.toml (PD's ImageNet-64 shape: head_dim 64, 1,000 classes, "both"): dsno's
+/// parameter count, computed from the config, equals the plain-PyTorch reference's
+/// (bench/reference.py --params-only builds the network and counts).
+#[test]
+fn the_imagenet64_preset_counts_as_the_pytorch_reference() {
+    use dsno::nn::ModelConfig;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg =
+        dsno::train::teacher::TeacherConfig::load(&root.join("configs/imagenet64.toml")).unwrap();
+    let ModelConfig::Unet(u) = &cfg.model else {
+        panic!("a U-Net preset")
+    };
+    assert_eq!((u.heads(192), u.heads(768)), (3, 12));
+    let ours = cfg.model.num_params();
+    let py = root.join(".venv/bin/python");
+    if !py.is_file() {
+        eprintln!(
+            "SKIPPED the reference count: no .venv (scripts/setup.sh makes it); dsno counts {ours}"
+        );
+        return;
+    }
+    let json = serde_json::to_string(u).unwrap();
+    let o = std::process::Command::new(py)
+        .arg(root.join("bench/reference.py"))
+        .args(["--params-only", "--config", &json])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    println!(
+        "imagenet64: dsno {ours}, PyTorch reference {}",
+        v["unet_params"]
+    );
+    assert_eq!(v["unet_params"].as_u64(), Some(ours));
+}
+
+/// A tiny "both" teacher trains (finite loss) and samples: twice the output channels, x̂ from
+/// the two heads.
+#[test]
+fn a_both_teacher_trains_and_denoises() {
+    use dsno::denoiser::Prediction;
+    use dsno::train::teacher::{train, TeacherConfig};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cfg = TeacherConfig::load(&root.join("configs/mnist.toml")).unwrap();
+    let dsno::nn::ModelConfig::Unet(u) = &mut cfg.model else {
+        panic!()
+    };
+    u.channels = 8;
+    u.groups = 4;
+    u.out_channels = 1;
+    cfg.prediction = Prediction::Both;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("out_channels"), "{e}");
+    let dsno::nn::ModelConfig::Unet(u) = &mut cfg.model else {
+        panic!()
+    };
+    u.out_channels = 2;
+    cfg.validate().unwrap();
+    cfg.train.steps = 2;
+    cfg.train.batch_size = 4;
+    let dir = std::env::temp_dir().join(format!("dsno-both-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tch::manual_seed(2);
+    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let run = dsno::train::RunOptions {
+        out: dir.clone(),
+        ..Default::default()
+    };
+    let s = train(&cfg, images, &run, None).unwrap();
+    assert!(s.last_loss.is_finite(), "{s:?}");
+    let t = dsno::model::Teacher::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(t.meta.prediction, Prediction::Both);
+    let z = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let x = t.denoise(&z, 0.5).unwrap();
+    assert_eq!(x.size(), [2, 1, 28, 28]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

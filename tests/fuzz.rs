@@ -1434,6 +1434,7 @@ fn tiny_unet() -> UNetConfig {
         dropout: 0.0,
         groups: 2,
         num_classes: None,
+        head_dim: None,
     }
 }
 

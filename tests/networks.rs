@@ -21,6 +21,7 @@ fn small_unet(size: i64, ch: i64) -> UNetConfig {
         dropout: 0.0,
         groups: 8,
         num_classes: None,
+        head_dim: None,
     }
 }
 

@@ -49,6 +49,10 @@ pub struct UNetConfig {
     /// of classifier-free guidance) added to the time embedding, zero-initialised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<i64>,
+    /// Channels per attention head; when set, every attention layer has `C / head_dim` heads
+    /// (Progressive Distillation's ImageNet-64 model: 64) instead of `num_heads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
 }
 
 impl Default for UNetConfig {
@@ -67,6 +71,7 @@ impl Default for UNetConfig {
             dropout: 0.2,
             groups: 32,
             num_classes: None,
+            head_dim: None,
         }
     }
 }
@@ -88,6 +93,7 @@ impl UNetConfig {
             dropout: 0.1,
             groups: 8,
             num_classes: None,
+            head_dim: None,
         }
     }
 
@@ -133,15 +139,32 @@ impl UNetConfig {
             .into_iter()
             .filter(|b| b.attn)
             .map(|b| (b.out, b.res));
+        if let Some(d) = self.head_dim {
+            check_range("model.head_dim", d, 1, 4096)?;
+        }
         for (c, res) in attn.chain([(mc, mr)]) {
-            check(c % self.num_heads == 0, || {
-                format!(
+            let ok = match self.head_dim {
+                Some(d) => c % d == 0,
+                None => c % self.num_heads == 0,
+            };
+            check(ok, || {
+                match self.head_dim {
+                Some(d) => format!(
+                    "field `model.head_dim` = {d}: the {c} channels of the attention at resolution {res} do not split into heads of {d}"
+                ),
+                None => format!(
                     "field `model.num_heads` = {}: the {c} channels of the attention at resolution {res} do not split into {} heads",
                     self.num_heads, self.num_heads
-                )
+                ),
+            }
             })?;
         }
         Ok(())
+    }
+
+    /// The heads of an attention layer of `c` channels.
+    pub fn heads(&self, c: i64) -> i64 {
+        self.head_dim.map_or(self.num_heads, |d| c / d)
     }
 
     fn emb_dim(&self) -> i64 {
@@ -514,7 +537,7 @@ impl UNet {
             res: ResBlock::new(&p / "res", &spec, e, g, cfg.dropout),
             attn: spec
                 .attn
-                .then(|| Attention::new(&p / "attn", spec.out, cfg.num_heads, g)),
+                .then(|| Attention::new(&p / "attn", spec.out, cfg.heads(spec.out), g)),
             spec,
         };
         let plan = cfg.plan();
@@ -542,7 +565,7 @@ impl UNet {
             conv_in: conv(p / "conv_in", cfg.in_channels, cfg.channels, 3, false),
             down,
             mid_res0: ResBlock::new(p / "mid" / "res0", &mid, e, g, cfg.dropout),
-            mid_attn: Attention::new(p / "mid" / "attn", mc, cfg.num_heads, g),
+            mid_attn: Attention::new(p / "mid" / "attn", mc, cfg.heads(mc), g),
             mid_res1: ResBlock::new(p / "mid" / "res1", &mid, e, g, cfg.dropout),
             up,
             out_norm: group_norm(p / "out" / "norm", g, c0),

@@ -6,6 +6,7 @@
 use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::{idx, to_unit_range, toy2d, Batches};
+use crate::denoiser::Prediction;
 use crate::error::{check_field, check_range};
 use crate::nn::ModelConfig;
 use crate::schedule::Schedule;
@@ -123,6 +124,14 @@ pub struct TeacherConfig {
     /// so that the one network is also the unconditional model of classifier-free guidance.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_dropout: f64,
+    /// What the network predicts (x by default; `both` needs twice the output channels). The
+    /// loss is on x̂ whatever the parameterisation.
+    #[serde(default, skip_serializing_if = "is_x")]
+    pub prediction: Prediction,
+}
+
+fn is_x(p: &Prediction) -> bool {
+    *p == Prediction::X
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -145,6 +154,18 @@ impl TeacherConfig {
         self.schedule.validate()?;
         self.train.validate("train")?;
         check_range("label_dropout", self.label_dropout, 0.0, 1.0)?;
+        if let ModelConfig::Unet(u) = &self.model {
+            let want = match self.prediction {
+                Prediction::Both => 2 * u.in_channels,
+                _ => u.in_channels,
+            };
+            check_field(
+                "model.out_channels",
+                u.out_channels,
+                u.out_channels == want,
+                &format!("{want} for {:?} prediction", self.prediction),
+            )?;
+        }
         check_field(
             "label_dropout",
             self.label_dropout,
@@ -272,7 +293,7 @@ pub fn train_labeled(
         times: None,
         modes: None,
         train: Some(serde_json::to_value(cfg).map_err(|e| Error::invalid(e.to_string()))?),
-        prediction: Default::default(),
+        prediction: cfg.prediction,
         source: None,
     };
     let b = cfg.train.batch_size as i64;
@@ -297,7 +318,8 @@ pub fn train_labeled(
             let drop = Tensor::rand([b], (Kind::Float, y.device())).lt(cfg.label_dropout);
             y.where_self(&drop.logical_not(), &Tensor::full_like(&y, null))
         });
-        let x_hat = net.forward_labels(&z, &t_in, y.as_ref(), true)?;
+        let out = net.forward_labels(&z, &t_in, y.as_ref(), true)?;
+        let x_hat = x_hat_of(cfg.prediction, out, &z, &a, &s);
         let dims: Vec<i64> = (1..x.dim() as i64).collect();
         let mse = (x_hat - &x)
             .square()
@@ -307,6 +329,22 @@ pub fn train_labeled(
             extra: vec![],
         })
     })
+}
+
+/// The network output read as x̂ with per-sample `a`, `s` (shaped to broadcast), as
+/// [`crate::denoiser`]'s adapters do with scalars.
+fn x_hat_of(p: Prediction, out: Tensor, z: &Tensor, a: &Tensor, s: &Tensor) -> Tensor {
+    match p {
+        Prediction::X => out,
+        Prediction::Eps => (z - out * s) / a,
+        Prediction::V => (z * a - out * s) / (a.square() + s.square()),
+        Prediction::Both => {
+            let c = out.size()[1] / 2;
+            let w = s.square() / (a.square() + s.square());
+            let from_eps = (z - out.narrow(1, c, c) * s) / a;
+            out.narrow(1, 0, c) * &w + from_eps * (1.0 - w)
+        }
+    }
 }
 
 /// Loads a teacher checkpoint's weights into `vs` for a fresh run of `cfg`: the same model, or
