@@ -74,3 +74,20 @@ pub fn save_raw(samples: &Tensor, path: &Path) -> Result<()> {
     dsno::checkpoint::save_tensors(path, &[("samples".to_string(), samples.shallow_clone())])?;
     Ok(())
 }
+
+/// The noise and the ODE solve of a teacher's samples, as `sample` and `fid` take them.
+#[derive(clap::Args, Debug)]
+pub struct OdeArgs {
+    /// Seed of the noise: sample i's noise depends on (seed, i) only.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// ODE solver for a teacher (required) or the toy model (default dpmpp2m).
+    #[arg(long, value_enum)]
+    pub solver: Option<dsno::solver::Solver>,
+    /// Solver steps (at most 100,000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=dsno::solver::MAX_STEPS as u64))]
+    pub steps: u64,
+    /// Step grid: default (the solver's recommended one), uniform, quadratic, logsnr.
+    #[arg(long, value_enum, default_value = "default")]
+    pub grid: dsno::solver::Grid,
+}

@@ -12,7 +12,6 @@ use dsno::metrics::fid::FidStats;
 use dsno::model::{load_inception, OneStep, Teacher};
 use dsno::nn::inception::Inception;
 use dsno::sampling::Noise;
-use dsno::solver::{Grid, Solver};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::{Device, Tensor};
@@ -109,18 +108,8 @@ pub struct Args {
     /// Draw this many samples from the model `SAMPLES` (noise by (seed, i)).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     count: Option<u64>,
-    /// Noise seed of the drawn samples.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// ODE solver, for a teacher.
-    #[arg(long, value_enum)]
-    solver: Option<Solver>,
-    /// Solver steps, for a teacher.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=dsno::solver::MAX_STEPS as u64))]
-    steps: u64,
-    /// Step grid, for a teacher.
-    #[arg(long, value_enum, default_value = "default")]
-    grid: Grid,
+    #[command(flatten)]
+    ode: crate::common::OdeArgs,
     /// Samples per generator pass.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
@@ -160,10 +149,10 @@ fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
     if dsno::model::peek(path)?.kind != ModelKind::Teacher {
         let m = OneStep::load(path, device)?;
         let shape = m.meta.model.sample_shape();
-        let noise = Noise::at_t_max(a.seed, shape, &m.meta.schedule, device);
+        let noise = Noise::at_t_max(a.ode.seed, shape, &m.meta.schedule, device);
         return Ok(draw(&Sampler::OneStep(&m), &noise, &o)?.samples);
     }
-    let Some(solver) = a.solver else {
+    let Some(solver) = a.ode.solver else {
         bail!(
             "{} is a teacher: give --solver (and --steps)",
             path.display()
@@ -171,9 +160,9 @@ fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
     };
     let teacher = Teacher::load(path, device)?;
     let schedule = teacher.schedule();
-    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
-    let noise = Noise::at(a.seed, shape, &schedule, grid[0], device);
+    let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
     let sampler = Sampler::Ode {
         denoiser: &teacher,
         schedule,

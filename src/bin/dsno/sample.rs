@@ -7,7 +7,7 @@ use dsno::eval::sampling::{draw, DrawOptions, Sampler};
 use dsno::model::{OneStep, Teacher};
 use dsno::sampling::Noise;
 use dsno::schedule::{Preset, Schedule};
-use dsno::solver::{Grid, Solver};
+use dsno::solver::Solver;
 use dsno::util::image;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,18 +26,8 @@ pub struct Args {
     /// Number of samples (default: 2000 for the toy model, 64 otherwise).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
-    /// Seed of the noise: sample i's noise depends on (seed, i) only.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// ODE solver for a teacher (required) or the toy model (default dpmpp2m).
-    #[arg(long, value_enum)]
-    solver: Option<Solver>,
-    /// Solver steps (at most 100,000).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=dsno::solver::MAX_STEPS as u64))]
-    steps: u64,
-    /// Step grid: default (the solver's recommended one), uniform, quadratic, logsnr.
-    #[arg(long, value_enum, default_value = "default")]
-    grid: Grid,
+    #[command(flatten)]
+    ode: crate::common::OdeArgs,
     /// Noise schedule of the toy model.
     #[arg(long, value_enum, default_value = "vp-cosine")]
     schedule: Preset,
@@ -130,7 +120,7 @@ fn options(a: &Args, default_count: u64, batch: Option<u64>) -> DrawOptions {
 }
 
 fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
-    let Some(solver) = a.solver else {
+    let Some(solver) = a.ode.solver else {
         bail!(
             "{} is a teacher (a diffusion model): sample it with --solver and --steps",
             path.display()
@@ -142,9 +132,9 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
         bail!("class-conditional samples are solved all at once: --batch does not apply");
     }
     let schedule = teacher.schedule();
-    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
-    let noise = Noise::at(a.seed, shape, &schedule, grid[0], device);
+    let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
     let guided = match &labels {
         Some(y) => Some(Guided::new(&teacher, y.to_device(device), a.guidance)?),
         None => None,
@@ -179,7 +169,8 @@ fn report_teacher(
 ) -> Result<()> {
     if let Some(name) = teacher.meta.dataset.strip_prefix("toy2d:") {
         let x_t = noise.of(0..d.samples.size()[0] as u64);
-        let (w2, w2_noise) = dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.seed ^ 0x5eed)?;
+        let (w2, w2_noise) =
+            dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.ode.seed ^ 0x5eed)?;
         println!("sliced W2 to fresh {name} points: samples {w2:.4}, initial noise {w2_noise:.4}");
     }
     if a.classes {
@@ -193,7 +184,7 @@ fn report_teacher(
         path.display(),
         teacher.meta.dataset,
         solver.name(),
-        a.steps,
+        a.ode.steps,
         d.samples.size()[0],
         describe(device),
         d.nfe,
@@ -204,7 +195,7 @@ fn report_teacher(
 }
 
 fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
-    if a.solver.is_some() {
+    if a.ode.solver.is_some() {
         bail!(
             "{} is a one-step model: --solver does not apply",
             path.display()
@@ -212,7 +203,7 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
     }
     let device = model.device();
     let noise = Noise::at_t_max(
-        a.seed,
+        a.ode.seed,
         model.meta.model.sample_shape(),
         &model.meta.schedule,
         device,
@@ -232,13 +223,13 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
 }
 
 fn toy(a: &Args, device: Device) -> Result<()> {
-    let solver = a.solver.unwrap_or(Solver::DpmSolver2M);
+    let solver = a.ode.solver.unwrap_or(Solver::DpmSolver2M);
     let schedule = Schedule::preset(a.schedule);
     let den = MixtureDenoiser::eight_gaussians(2.0, 0.05, schedule).to_device(device);
-    let grid = a.grid.make(solver, &schedule, a.steps as usize);
+    let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let noise = Noise {
         kind: Kind::Double,
-        ..Noise::at(a.seed, vec![2], &schedule, grid[0], device)
+        ..Noise::at(a.ode.seed, vec![2], &schedule, grid[0], device)
     };
     let sampler = Sampler::Ode {
         denoiser: &den,
@@ -250,7 +241,7 @@ fn toy(a: &Args, device: Device) -> Result<()> {
     write(a, &d.samples, None)?;
     println!(
         "toy model (8 Gaussians, exact denoiser), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
-        solver.name(), a.steps, d.samples.size()[0], describe(device), d.nfe, d.seconds, a.out.display()
+        solver.name(), a.ode.steps, d.samples.size()[0], describe(device), d.nfe, d.seconds, a.out.display()
     );
     Ok(())
 }
