@@ -99,7 +99,8 @@ fn stats_of(net: &Inception, images: &Tensor, batch: u64) -> Result<FidStats> {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The samples: a folder of PNGs, a safetensors file from `dsno sample --safetensors`, an
-    /// IDX images file or folder — or, with --count, a model checkpoint to draw them from.
+    /// IDX images file or folder (its test images) — or, with --count, a model checkpoint to
+    /// draw them from.
     samples: PathBuf,
     /// Reference statistics (`.npz` with `mu` and `sigma`: from `dsno fid-ref`, pytorch-fid,
     /// EDM, …).
