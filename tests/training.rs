@@ -269,20 +269,15 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
         hidden: 64,
         ..Default::default()
     });
-    let e = fit(
-        &other,
-        data.shallow_clone(),
-        &common::tempdir("init-bad"),
-        false,
-        Some(&trained),
-    )
-    .unwrap_err()
-    .to_string();
+    let bad = common::tempdir("init-bad");
+    let e = fit(&other, data.shallow_clone(), &bad, false, Some(&trained))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("differs from the config") && e.contains("model.safetensors"),
         "{e}"
     );
-    for d in [first, second, third] {
+    for d in [first, second, third, bad] {
         std::fs::remove_dir_all(d).ok();
     }
 }
