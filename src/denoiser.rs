@@ -28,6 +28,30 @@ pub trait ConditionalDenoiser {
     fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor>;
 }
 
+/// Checks class labels `[N]` against `n` rows and `classes` classes (the null class `classes`
+/// allowed when `null`).
+pub fn check_labels(labels: &Tensor, n: i64, classes: i64, null: bool) -> Result<Tensor> {
+    if labels.size() != [n] {
+        return Err(Error::invalid(format!(
+            "labels of shape {:?} for a batch of {n}",
+            labels.size()
+        )));
+    }
+    let y = labels.to_kind(Kind::Int64);
+    if n > 0 {
+        let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+        let top = if null { classes } else { classes - 1 };
+        if lo < 0 || hi > top {
+            return Err(Error::invalid(format!(
+                "label {} outside the {classes} classes 0..{}",
+                if lo < 0 { lo } else { hi },
+                classes - 1
+            )));
+        }
+    }
+    Ok(y)
+}
+
 /// A conditional denoiser with its labels fixed (`None`: unconditional): a plain [`Denoiser`].
 pub struct Conditioned<'a> {
     pub inner: &'a dyn ConditionalDenoiser,
@@ -304,22 +328,7 @@ impl ConditionalDenoiser for MixtureDenoiser {
         };
         let shape = z.size();
         let n = shape[0];
-        let k = self.means.size()[0];
-        if y.size() != [n] {
-            return Err(Error::invalid(format!(
-                "labels of shape {:?} for a batch of {n}",
-                y.size()
-            )));
-        }
-        let y = y.to_kind(Kind::Int64);
-        let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
-        if lo < 0 || hi >= k {
-            return Err(Error::invalid(format!(
-                "label {} outside the {k} classes 0..{}",
-                if lo < 0 { lo } else { hi },
-                k - 1
-            )));
-        }
+        let y = check_labels(y, n, self.means.size()[0], false)?;
         let (kind, dev) = (z.kind(), z.device());
         let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
         let y = y.to_device(dev);

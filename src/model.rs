@@ -403,11 +403,7 @@ pub fn import_diffusers(dir: &Path, o: &ImportOptions) -> Result<checkpoint::Che
         ));
     }
     checkpoint::copy_into(&tensors, &vs, "", &weights, |_| true)?;
-    let hash = |p: &Path| -> Option<String> {
-        use sha2::Digest;
-        let b = std::fs::read(p).ok()?;
-        Some(format!("{:x}", sha2::Sha256::digest(b)))
-    };
+    let hash = |p: &Path| crate::data::fetch::file_sha256(p).ok();
     let meta = CheckpointMeta {
         kind: ModelKind::Teacher,
         model,

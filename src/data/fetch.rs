@@ -591,7 +591,8 @@ pub const INCEPTION: WheelFile = WheelFile {
     size: 87_335_461,
 };
 
-fn file_sha256(path: &Path) -> std::result::Result<String, String> {
+/// SHA-256 (lower-case hex) of a file's bytes, streamed.
+pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
     let mut f = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
     let mut hasher = Sha256::new();
     std::io::copy(&mut f, &mut hasher).map_err(|e| format!("cannot read: {e}"))?;

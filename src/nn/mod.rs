@@ -78,29 +78,7 @@ pub trait Backbone: Send {
     }
 }
 
-/// Checks class labels `[N]` against `n` rows and `classes` classes (the null class `classes`
-/// allowed when `null`).
-pub fn check_labels(labels: &Tensor, n: i64, classes: i64, null: bool) -> Result<Tensor> {
-    if labels.size() != [n] {
-        return Err(Error::invalid(format!(
-            "labels of shape {:?} for a batch of {n}",
-            labels.size()
-        )));
-    }
-    let y = labels.to_kind(tch::Kind::Int64);
-    if n > 0 {
-        let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
-        let top = if null { classes } else { classes - 1 };
-        if lo < 0 || hi > top {
-            return Err(Error::invalid(format!(
-                "label {} outside the {classes} classes 0..{}",
-                if lo < 0 { lo } else { hi },
-                classes - 1
-            )));
-        }
-    }
-    Ok(y)
-}
+pub use crate::denoiser::check_labels;
 
 /// Which backbone, with its configuration (stored in every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
