@@ -74,14 +74,20 @@ pub struct Guided<'a> {
     scale: f64,
 }
 
+/// Checks a classifier-free guidance scale: finite and at least 0.
+pub fn check_guidance(scale: f64) -> Result<()> {
+    if !(scale.is_finite() && scale >= 0.0) {
+        return Err(Error::invalid(format!(
+            "the guidance scale must be finite and at least 0, got {scale}"
+        )));
+    }
+    Ok(())
+}
+
 impl<'a> Guided<'a> {
     /// Guidance of scale `scale` (finite, ≥ 0) towards `labels` `[N]`.
     pub fn new(inner: &'a dyn ConditionalDenoiser, labels: Tensor, scale: f64) -> Result<Self> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(Error::invalid(format!(
-                "the guidance scale must be finite and at least 0, got {scale}"
-            )));
-        }
+        check_guidance(scale)?;
         Ok(Guided {
             inner,
             labels,

@@ -169,6 +169,19 @@ impl OneStep {
         self.net.forward(&x_t.to_kind(Kind::Float), false)
     }
 
+    /// Class labels the generator takes: `Some(K)` for a class-conditional one.
+    pub fn num_classes(&self) -> Option<i64> {
+        self.meta.model.num_classes()
+    }
+
+    /// [`OneStep::trajectory`] of a class-conditional generator for class `labels` `[B]`
+    /// (`None`: the null class); labels given to an unconditional generator are an error.
+    pub fn trajectory_labels(&self, x_t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        self.net
+            .forward_labels(&x_t.to_kind(Kind::Float), labels, false)
+    }
+
     /// The samples `[B, …]`: the last output.
     pub fn sample(&self, x_t: &Tensor) -> Tensor {
         self.trajectory(x_t).select(1, self.slots() - 1)

@@ -72,21 +72,57 @@ impl Operator {
         }
     }
 
-    /// `x_T` `[B, …]` → predictions at the M output times `[B, M, …]`.
+    /// `x_T` `[B, …]` → predictions at the M output times `[B, M, …]` (a class-conditional
+    /// backbone with its null class).
     pub fn forward(&self, x_t: &Tensor, train: bool) -> Tensor {
-        let b = x_t.size()[0];
-        let m = self.slots();
-        let dev = x_t.device();
+        let emb = self
+            .backbone
+            .embed(&self.slot_times(x_t))
+            .repeat([x_t.size()[0], 1]);
+        self.forward_emb(x_t, &emb, train)
+    }
+
+    /// [`Operator::forward`] for class `labels` `[B]` (`None`: the null class): every slot of
+    /// sample b gets the embedding of its output time plus that of class `labels[b]`.
+    pub fn forward_labels(
+        &self,
+        x_t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let Some(y) = labels else {
+            return Ok(self.forward(x_t, train));
+        };
+        let (b, m) = (x_t.size()[0], self.slots());
+        if y.size() != [b] {
+            return Err(Error::invalid(format!(
+                "labels of shape {:?} for a batch of {b}",
+                y.size()
+            )));
+        }
+        let t = self.slot_times(x_t).repeat([b]);
+        let y = y
+            .to_device(x_t.device())
+            .repeat_interleave_self_int(m, 0, None);
+        let emb = self.backbone.embed_labels(&t, Some(&y))?;
+        Ok(self.forward_emb(x_t, &emb, train))
+    }
+
+    /// The network times of the M output times `[M]`, on `x`'s device.
+    fn slot_times(&self, x: &Tensor) -> Tensor {
         let t_in: Vec<f32> = self
             .cfg
             .times
             .iter()
             .map(|&t| self.schedule.t_input(t) as f32)
             .collect();
-        let emb = self
-            .backbone
-            .embed(&Tensor::from_slice(&t_in).to_device(dev))
-            .repeat([b, 1]);
+        Tensor::from_slice(&t_in).to_device(x.device())
+    }
+
+    /// The pass with the embedding `[B·M, E]` (b-major) given.
+    fn forward_emb(&self, x_t: &Tensor, emb: &Tensor, train: bool) -> Tensor {
+        let b = x_t.size()[0];
+        let m = self.slots();
         let h0 = self.backbone.stem(x_t);
         let rest: Vec<i64> = h0.size()[1..].to_vec();
         let expand: Vec<i64> = [b, m].iter().chain(rest.iter()).copied().collect();
@@ -101,7 +137,7 @@ impl Operator {
                 .forward(&h.reshape(split.as_slice()))
                 .reshape(s.as_slice())
         };
-        let out = self.backbone.body(h0, &emb, train, &mut hook);
+        let out = self.backbone.body(h0, emb, train, &mut hook);
         let s = out.size();
         out.reshape([&[b, m][..], &s[1..]].concat())
     }
@@ -245,6 +281,26 @@ impl Generator {
             Generator::Kd { backbone, t_in } => {
                 let t = Tensor::full([x_t.size()[0]], *t_in, (Kind::Float, x_t.device()));
                 backbone.forward_t(x_t, &t, train).unsqueeze(1)
+            }
+        }
+    }
+
+    /// [`Generator::forward`] for class `labels` `[B]` (`None`: the null class); labels given
+    /// to an unconditional generator are an error.
+    pub fn forward_labels(
+        &self,
+        x_t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Generator::Dsno(op) => op.forward_labels(x_t, labels, train),
+            Generator::Kd { backbone, t_in } => {
+                let t = Tensor::full([x_t.size()[0]], *t_in, (Kind::Float, x_t.device()));
+                let y = labels.map(|y| y.to_device(x_t.device()));
+                Ok(backbone
+                    .forward_labels(x_t, &t, y.as_ref(), train)?
+                    .unsqueeze(1))
             }
         }
     }

@@ -93,6 +93,17 @@ impl Rng {
     }
 }
 
+/// Class labels `[range.len()]` (int64, CPU) of the items `range` under `seed`: item i's label is
+/// uniform in `0..classes` and depends on (seed, i) only, on a stream apart from its noise.
+pub fn labels(seed: u64, range: std::ops::Range<u64>, classes: u64) -> Tensor {
+    let mut x = seed ^ 0x1AB3_15C1_A55E_5EED;
+    let stream = splitmix64(&mut x);
+    let v: Vec<i64> = range
+        .map(|i| Rng::for_item(stream, i).below(classes.max(1)) as i64)
+        .collect();
+    Tensor::from_slice(&v)
+}
+
 /// Standard-normal noise of shape `[indices.len(), shape…]`: row `k` is the noise of item
 /// `indices[k]` under `seed`, whatever the other rows are.
 pub fn noise(

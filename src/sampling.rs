@@ -60,7 +60,7 @@ fn check_finite(t: &Tensor, items: Range<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on the noise of the items `range`, `batch` items at a time, and returns each of
+/// Runs `f(x_T, items)` on the noise of the items `range`, `batch` items at a time, and returns each of
 /// `f`'s outputs concatenated along the first dimension, on the CPU. A non-finite output is an
 /// error. `on_batch(n)` is called
 /// after each batch of n items (for progress bars).
@@ -69,14 +69,14 @@ pub fn batched(
     range: Range<u64>,
     batch: usize,
     mut on_batch: impl FnMut(u64),
-    mut f: impl FnMut(&Tensor) -> Result<Vec<Tensor>>,
+    mut f: impl FnMut(&Tensor, Range<u64>) -> Result<Vec<Tensor>>,
 ) -> Result<Vec<Tensor>> {
     let batch = batch.max(1) as u64;
     let mut parts: Vec<Vec<Tensor>> = vec![];
     let mut b0 = range.start;
     while b0 < range.end {
         let b1 = b0.saturating_add(batch).min(range.end);
-        let outs = f(&noise.of(b0..b1))?;
+        let outs = f(&noise.of(b0..b1), b0..b1)?;
         for o in &outs {
             check_finite(o, b0..b1)?;
         }

@@ -232,6 +232,8 @@ fn sample_writes_grids_and_trajectory_strips() {
         batch: 7,
         fp16: false,
         part: (0, 1),
+        class: None,
+        guidance: None,
         progress: false,
     };
     generate(&teacher, &tpath, &dir.join("store"), &o).unwrap();
@@ -246,6 +248,7 @@ fn sample_writes_grids_and_trajectory_strips() {
         &dcfg,
         &tpath,
         &dir.join("store"),
+        None,
         &common::run(&dir.join("dsno"), false),
     )
     .unwrap();

@@ -39,6 +39,8 @@ fn eval_scores_every_method_from_the_same_noise() {
         classifier_name: "classifier".into(),
         train_images: images(&data("mnist"), idx::Split::Train, 2000),
         test_images: images(&data("mnist"), idx::Split::Test, 500),
+        train_labels: None,
+        test_labels: None,
         inception: None,
     };
     let o = EvalOptions {

@@ -1745,6 +1745,8 @@ fn options(times: Vec<f64>, count: usize, shard_size: usize, fp16: bool) -> Gene
         batch: 4,
         fp16,
         part: (0, 1),
+        class: None,
+        guidance: None,
         progress: false,
     }
 }

@@ -276,7 +276,7 @@ fn non_finite_weights_and_outputs_are_errors() {
         kind: tch::Kind::Float,
         device: tch::Device::Cpu,
     };
-    let e = dsno::sampling::batched(&noise, 0..8, 4, |_| {}, |x| Ok(vec![x.log()]))
+    let e = dsno::sampling::batched(&noise, 0..8, 4, |_| {}, |x, _| Ok(vec![x.log()]))
         .expect_err("NaN outputs refused")
         .to_string();
     assert!(e.contains("non-finite") && e.contains("0..4"), "{e}");

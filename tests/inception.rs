@@ -382,6 +382,8 @@ fn eval_reports_an_inception_fid_column() {
         classifier_name: "classifier".into(),
         train_images: train,
         test_images: load(dsno::data::idx::Split::Test),
+        train_labels: None,
+        test_labels: None,
         inception: Some(InceptionInputs {
             net: &net,
             reference: &reference,

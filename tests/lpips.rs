@@ -137,6 +137,7 @@ fn distillation_trains_with_the_lpips_loss() {
         &dcfg,
         &tpath,
         &dir.join("store"),
+        None,
         &common::run(&dir.join("x"), false),
     );
     assert!(e.unwrap_err().to_string().contains("missing.safetensors"));
@@ -145,6 +146,7 @@ fn distillation_trains_with_the_lpips_loss() {
         &dcfg,
         &tpath,
         &dir.join("store"),
+        None,
         &common::run(&dir.join("dsno"), false),
     );
     let s = s.unwrap();

@@ -41,6 +41,8 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
         batch: 1000,
         fp16: false,
         part: (0, 1),
+        class: None,
+        guidance: None,
         progress: false,
     };
     generate(&teacher, &tpath, &dir.join("traj"), &o).unwrap();
@@ -48,7 +50,14 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
     for method in [Method::Dsno, Method::Kd] {
         dcfg.method = method;
         let out = dir.join(format!("{method:?}"));
-        distill(&dcfg, &tpath, &dir.join("traj"), &common::run(&out, false)).unwrap();
+        distill(
+            &dcfg,
+            &tpath,
+            &dir.join("traj"),
+            None,
+            &common::run(&out, false),
+        )
+        .unwrap();
     }
     // fresh noise (indices past the store), the teacher's own 32-step solve as the reference
     let schedule = teacher.schedule();

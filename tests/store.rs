@@ -40,6 +40,8 @@ fn options(count: usize, part: (usize, usize)) -> GenerateOptions {
         batch: 7,
         fp16: false,
         part,
+        class: None,
+        guidance: None,
         progress: false,
     }
 }
@@ -159,6 +161,7 @@ fn mismatched_and_empty_stores_are_rejected() {
         &dcfg,
         &dir.join("other/model.safetensors"),
         &store,
+        None,
         &common::run(&dir.join("d"), false),
     )
     .err()
@@ -166,10 +169,16 @@ fn mismatched_and_empty_stores_are_rejected() {
     .to_string();
     assert!(e.contains("another teacher"), "{e}");
     dcfg.times = Some(vec![0.75, 0.5, 0.25, 0.0]);
-    let e = distill(&dcfg, &tpath, &store, &common::run(&dir.join("d"), false))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = distill(
+        &dcfg,
+        &tpath,
+        &store,
+        None,
+        &common::run(&dir.join("d"), false),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("output times"), "{e}");
     // an empty store (manifest with count 0) and a store with a missing shard
     let empty = dir.join("empty");
@@ -209,12 +218,33 @@ fn distillation_resume_gives_identical_weights() {
         dcfg.method = method;
         dcfg.train.steps = 12;
         let a = dir.join(format!("{method:?}-a"));
-        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&a, false)).unwrap();
+        distill(
+            &dcfg,
+            &tpath,
+            &dir.join("store"),
+            None,
+            &common::run(&a, false),
+        )
+        .unwrap();
         let b = dir.join(format!("{method:?}-b"));
         dcfg.train.steps = 6;
-        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&b, false)).unwrap();
+        distill(
+            &dcfg,
+            &tpath,
+            &dir.join("store"),
+            None,
+            &common::run(&b, false),
+        )
+        .unwrap();
         dcfg.train.steps = 12;
-        distill(&dcfg, &tpath, &dir.join("store"), &common::run(&b, true)).unwrap();
+        distill(
+            &dcfg,
+            &tpath,
+            &dir.join("store"),
+            None,
+            &common::run(&b, true),
+        )
+        .unwrap();
         let (ca, cb) = (
             checkpoint::load(&a.join("ckpt.safetensors")).unwrap(),
             checkpoint::load(&b.join("ckpt.safetensors")).unwrap(),

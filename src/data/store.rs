@@ -1,6 +1,6 @@
 //! The trajectory store (docs/FORMATS.md §5): a folder of shards `traj-00000.safetensors`, … each holding
 //! `x_T` `[n, …]`, `targets` `[n, M, …]` (the teacher's x̂ at the M output times), `lambdas`
-//! `[M]` and `indices` `[n]`, plus `manifest.json` (teacher hash, solver, steps, seed, times,
+//! `[M]`, `indices` `[n]` and, in a store of a class-conditional teacher, `labels` `[n]`, plus `manifest.json` (teacher hash, solver, steps, seed, times,
 //! shard size, count).
 //!
 //! This module is the format only: reading and checking shards and the manifest, writing a
@@ -31,6 +31,16 @@ pub struct Manifest {
     pub sample_shape: Vec<i64>,
     /// Storage of x_T and targets: `f32` or `f16`.
     pub dtype: String,
+    /// The classes K of a class-conditional teacher; its shards then hold each sample's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Every sample of this one class; without it, sample i's label is drawn from (seed, i)
+    /// ([`crate::rng::labels`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<usize>,
+    /// The classifier-free guidance scale w of the teacher's solve (1: the conditional model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
 }
 
 pub const FORMAT: &str = "dsno-trajectories-1";
@@ -80,7 +90,34 @@ impl Manifest {
             check_range(&format!("sample_shape[{i}]"), d, 1, 4096)?;
         }
         let dtype_ok = self.dtype == "f32" || self.dtype == "f16";
-        check_field("dtype", &self.dtype, dtype_ok, "`f32` or `f16`")
+        check_field("dtype", &self.dtype, dtype_ok, "`f32` or `f16`")?;
+        match self.num_classes {
+            Some(k) => {
+                check_range("num_classes", k, 1, 1_000_000)?;
+                if let Some(c) = self.class {
+                    check_range("class", c, 0, k - 1)?;
+                }
+                crate::denoiser::check_guidance(self.guidance.unwrap_or(1.0))
+                    .map_err(|e| Error::invalid(format!("field `guidance`: {e}")))
+            }
+            None if self.class.is_some() || self.guidance.is_some() => Err(Error::invalid(
+                "fields `class` and `guidance` belong to a class-conditional store (with `num_classes`)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The labels `[hi − lo]` (int64) of the samples `lo..hi` (None for an unconditional store).
+    pub fn labels(&self, lo: usize, hi: usize) -> Option<Tensor> {
+        let k = self.num_classes?;
+        Some(match self.class {
+            Some(c) => Tensor::full(
+                [(hi - lo) as i64],
+                c as i64,
+                (Kind::Int64, tch::Device::Cpu),
+            ),
+            None => crate::rng::labels(self.seed, lo as u64..hi as u64, k as u64),
+        })
     }
 }
 
@@ -96,6 +133,8 @@ pub struct Shard {
     pub targets: Tensor,
     pub lambdas: Tensor,
     pub indices: Tensor,
+    /// The class labels `[n]` of a class-conditional store.
+    pub labels: Option<Tensor>,
 }
 
 /// Loads shard `j` and checks it against the manifest.
@@ -134,6 +173,22 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
             l
         },
         indices: get("indices")?,
+        labels: match st.tensor("labels") {
+            Ok(_) if m.num_classes.is_none() => {
+                return Err(Error::file(
+                    path,
+                    "shard holds `labels`, the manifest has no `num_classes`",
+                ))
+            }
+            Ok(_) => Some(get("labels")?),
+            Err(_) if m.num_classes.is_some() => {
+                return Err(Error::file(
+                    path,
+                    "shard has no `labels` (the manifest says the store is class-conditional)",
+                ))
+            }
+            Err(_) => None,
+        },
     };
     let (lo, hi) = m.shard_range(j);
     let n = (hi - lo) as i64;
@@ -169,18 +224,40 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
             "`indices` are not the samples {lo}..{hi}"
         )));
     }
+    if let (Some(y), Some(want)) = (&shard.labels, m.labels(lo, hi)) {
+        if y.size() != [n] || y.kind() != Kind::Int64 {
+            return Err(mismatch(format!(
+                "`labels` is {:?} {:?}, want Int64 [{n}]",
+                y.kind(),
+                y.size()
+            )));
+        }
+        if !y.equal(&want) {
+            return Err(mismatch(format!(
+                "`labels` are not the labels of samples {lo}..{hi} under seed {}{}",
+                m.seed,
+                m.class
+                    .map(|c| format!(" and class {c}"))
+                    .unwrap_or_default()
+            )));
+        }
+    }
     Ok(shard)
 }
 
 /// Writes a shard atomically (with the checksum of its data in its metadata).
 pub fn save_shard(path: &Path, s: &Shard) -> Result<()> {
-    let tensors = [
+    let mut tensors: Vec<(String, Tensor)> = [
         ("indices", &s.indices),
         ("lambdas", &s.lambdas),
         ("targets", &s.targets),
         ("x_T", &s.x_t),
     ]
-    .map(|(n, t)| (n.to_string(), t.shallow_clone()));
+    .map(|(n, t)| (n.to_string(), t.shallow_clone()))
+    .into();
+    if let Some(y) = &s.labels {
+        tensors.insert(1, ("labels".into(), y.shallow_clone()));
+    }
     crate::checkpoint::write_safetensors(path, &tensors, None, Default::default())
 }
 
@@ -190,6 +267,8 @@ pub struct Store {
     pub manifest: Manifest,
     pub x_t: Tensor,
     pub targets: Tensor,
+    /// The class labels `[K]` (int64) of a class-conditional store.
+    pub labels: Option<Tensor>,
 }
 
 /// Loads every shard of the store in `dir`; a missing or invalid shard is an error naming it.
@@ -204,14 +283,17 @@ pub fn load_store(dir: &Path) -> Result<Store> {
     .map_err(|e| e.in_file(&dir.join("manifest.json")))?;
     let mut xs = vec![];
     let mut ts = vec![];
+    let mut ys = vec![];
     for j in 0..manifest.shards() {
         let s = load_shard(dir, &manifest, j)?;
         xs.push(s.x_t.to_kind(Kind::Float));
         ts.push(s.targets.to_kind(Kind::Float));
+        ys.extend(s.labels);
     }
     Ok(Store {
         x_t: Tensor::cat(&xs, 0),
         targets: Tensor::cat(&ts, 0),
+        labels: manifest.num_classes.map(|_| Tensor::cat(&ys, 0)),
         manifest,
     })
 }

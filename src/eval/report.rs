@@ -77,6 +77,13 @@ pub struct Row {
     /// Inception FID against the report's Inception reference statistics (`--inception`).
     #[serde(default)]
     pub inception_fid: Option<f64>,
+    /// Class-conditional models: the fraction of samples the classifier labels as the class
+    /// they were drawn for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_accuracy: Option<f64>,
+    /// Class-conditional models: the FD per class, averaged over the classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_fd: Option<f64>,
     /// Samples scored.
     pub samples: usize,
 }
@@ -107,6 +114,9 @@ pub struct Setup {
     /// How the Inception FID column was computed, when there is one.
     #[serde(default)]
     pub inception: Option<String>,
+    /// How the class columns were computed, for a class-conditional teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditional: Option<String>,
 }
 
 /// The result of an evaluation.
@@ -150,20 +160,31 @@ impl Report {
     /// The results table (Markdown); an Inception FID column follows FD when the rows have it.
     pub fn table(&self) -> String {
         let inception = self.rows.iter().any(|r| r.inception_fid.is_some());
-        let (head, rule) = if inception {
-            (" Inception FID |", "---|")
-        } else {
-            ("", "")
-        };
+        let classes = self.rows.iter().any(|r| r.class_accuracy.is_some());
+        let (mut head, mut rule) = (String::new(), String::new());
+        if inception {
+            head += " Inception FID |";
+            rule += "---|";
+        }
+        if classes {
+            head += " class accuracy | per-class FD |";
+            rule += "---|---|";
+        }
         let mut md = String::new();
         md += &format!("| method | NFE | backbone passes | FD |{head} KID | precision | recall | confident | PSNR vs teacher (dB) | MSE vs teacher | wall ms / image |\n");
         md += &format!("|---|---|---|---|{rule}---|---|---|---|---|---|---|\n");
         for r in &self.rows {
-            let fid = if inception {
-                format!(" {} |", fmt_opt(r.inception_fid, 2))
-            } else {
-                String::new()
-            };
+            let mut fid = String::new();
+            if inception {
+                fid += &format!(" {} |", fmt_opt(r.inception_fid, 2));
+            }
+            if classes {
+                fid += &format!(
+                    " {} | {} |",
+                    fmt_opt(r.class_accuracy.map(|a| 100.0 * a), 2),
+                    fmt_opt(r.class_fd, 2)
+                );
+            }
             md += &format!(
                 "| {} | {} | {} | {:.3} |{fid} {:.4} ± {:.4} | {:.3} | {:.3} | {} | {} | {} | {} |\n",
                 r.label,
@@ -214,6 +235,9 @@ impl Report {
         md += &format!("- solver step grids: {}\n", s.grids);
         if let Some(i) = &s.inception {
             md += &format!("- Inception FID: {i}\n");
+        }
+        if let Some(c) = &s.conditional {
+            md += &format!("- {c}; class accuracy in %\n");
         }
         md += "- wall time: sampling only, per image, after one untimed warm-up batch; NFE: network evaluations (a DSNO pass counts 1 and runs its backbone over M time slots: the passes column)\n";
         md += &format!("- confident: fraction of samples the classifier labels with probability > {CONFIDENT}\n\n");

@@ -1,13 +1,14 @@
 //! Drawing samples for evaluation and for `dsno sample`: a [`Sampler`] is a teacher with an ODE
-//! solver and its step grid, a one-step generator, or an exact toy denoiser with a solver;
-//! [`draw`] runs it on every batch of the seeded noise and times it.
-use crate::denoiser::Denoiser;
+//! solver and its step grid, a class-conditional model with guidance, a one-step generator, or an
+//! exact toy denoiser with a solver; [`draw`] runs it on every batch of the seeded noise (with
+//! each sample's class label, for conditional models) and times it.
+use crate::denoiser::{ConditionalDenoiser, Denoiser, Guided};
 use crate::model::OneStep;
 use crate::sampling::{self, Noise};
 use crate::schedule::Schedule;
 use crate::solver::Solver;
 use crate::util::progress;
-use crate::Result;
+use crate::{Error, Result};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -20,7 +21,16 @@ pub enum Sampler<'a> {
         solver: Solver,
         grid: Vec<f64>,
     },
-    /// A DSNO operator or KD student: one forward pass.
+    /// A class-conditional denoiser solved with `solver` on `grid`, with classifier-free
+    /// guidance of scale `guidance` towards each sample's label (1: the conditional model).
+    Guided {
+        model: &'a dyn ConditionalDenoiser,
+        guidance: f64,
+        schedule: Schedule,
+        solver: Solver,
+        grid: Vec<f64>,
+    },
+    /// A DSNO operator or KD student: one forward pass (with labels if class-conditional).
     OneStep(&'a OneStep),
 }
 
@@ -37,25 +47,44 @@ pub struct Batch {
 }
 
 impl Sampler<'_> {
-    /// The samples of `x_t`.
-    pub fn run(&self, x_t: &Tensor) -> Result<Batch> {
+    /// The samples of `x_t` with class `labels` `[B]` (conditional models only).
+    pub fn run(&self, x_t: &Tensor, labels: Option<&Tensor>) -> Result<Batch> {
+        let solve = |denoiser: &dyn Denoiser, schedule, solver: &Solver, grid| -> Result<Batch> {
+            let tr = solver.solve(denoiser, schedule, x_t, grid, &[])?;
+            Ok(Batch {
+                samples: tr.end,
+                outputs: None,
+                nfe: tr.nfe,
+                passes: tr.nfe,
+            })
+        };
         Ok(match self {
+            Sampler::Ode { .. } if labels.is_some() => {
+                return Err(Error::invalid(
+                    "this model is not class-conditional: it takes no labels",
+                ))
+            }
             Sampler::Ode {
                 denoiser,
                 schedule,
                 solver,
                 grid,
+            } => solve(*denoiser, schedule, solver, grid)?,
+            Sampler::Guided {
+                model,
+                guidance,
+                schedule,
+                solver,
+                grid,
             } => {
-                let tr = solver.solve(*denoiser, schedule, x_t, grid, &[])?;
-                Batch {
-                    samples: tr.end,
-                    outputs: None,
-                    nfe: tr.nfe,
-                    passes: tr.nfe,
-                }
+                let y = labels.ok_or_else(|| {
+                    Error::invalid("a class-conditional model samples with labels")
+                })?;
+                let g = Guided::new(*model, y.to_device(x_t.device()), *guidance)?;
+                solve(&g, schedule, solver, grid)?
             }
             Sampler::OneStep(model) => {
-                let outputs = model.trajectory(x_t);
+                let outputs = model.trajectory_labels(x_t, labels)?;
                 Batch {
                     samples: outputs.select(1, model.slots() - 1),
                     outputs: Some(outputs),
@@ -65,6 +94,12 @@ impl Sampler<'_> {
             }
         })
     }
+}
+
+/// The labels `[count]` of a class-conditional draw with every class in turn: sample i is
+/// drawn for class i mod `classes` (so each class has ⌊N/K⌋ or ⌈N/K⌉ samples).
+pub fn class_cycle(count: usize, classes: i64) -> Tensor {
+    Tensor::arange(count as i64, (tch::Kind::Int64, tch::Device::Cpu)).remainder(classes.max(1))
 }
 
 /// A method's samples (CPU) and its cost.
@@ -80,7 +115,7 @@ pub struct Drawn {
 }
 
 /// How [`draw`] runs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DrawOptions {
     /// Items `0..count` of the noise stream.
     pub count: usize,
@@ -92,6 +127,8 @@ pub struct DrawOptions {
     pub keep_outputs: bool,
     /// A progress bar with this label, if any.
     pub progress: Option<String>,
+    /// The class label of each sample `[count]` (int64), for class-conditional models.
+    pub labels: Option<Tensor>,
 }
 
 /// Draws `o.count` samples from the seeded `noise` with `sampler`.
@@ -103,10 +140,24 @@ pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> 
     let sample: f64 = noise.shape.iter().product::<i64>() as f64;
     let bytes = o.count as f64 * sample * (1.0 + slots) * noise.kind.elt_size_in_bytes() as f64;
     crate::util::memory::check_memory(&format!("{} samples", o.count), bytes)?;
+    if let Some(y) = &o.labels {
+        if y.size() != [o.count as i64] {
+            return Err(Error::invalid(format!(
+                "{} labels for {} samples",
+                y.size().first().copied().unwrap_or(0),
+                o.count
+            )));
+        }
+    }
+    let labels_of = |items: std::ops::Range<u64>| {
+        o.labels
+            .as_ref()
+            .map(|y| y.narrow(0, items.start as i64, (items.end - items.start) as i64))
+    };
     if o.warm_up {
         let n = o.batch.max(1).min(o.count) as u64;
         let _ = sampler
-            .run(&noise.of(0..n))?
+            .run(&noise.of(0..n), labels_of(0..n).as_ref())?
             .samples
             .to_device(tch::Device::Cpu);
     }
@@ -122,8 +173,8 @@ pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> 
         0..o.count as u64,
         o.batch,
         |n| bar.inc(n),
-        |x| {
-            let b = sampler.run(x)?;
+        |x, items| {
+            let b = sampler.run(x, labels_of(items).as_ref())?;
             (nfe, passes) = (b.nfe, b.passes);
             let mut v = vec![b.samples];
             if o.keep_outputs {

@@ -2,7 +2,7 @@
 //! distance, KID, precision/recall, and the fraction of confidently labelled samples.
 use crate::metrics;
 use crate::nn::classifier::Classifier;
-use crate::Result;
+use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
 /// The class probability above which a sample counts as confidently labelled.
@@ -17,6 +17,12 @@ pub struct Scores {
     pub precision: f64,
     pub recall: f64,
     pub confident: f64,
+    /// Class-conditional samples: the fraction the classifier labels as the class they were
+    /// drawn for.
+    pub class_accuracy: Option<f64>,
+    /// Class-conditional samples: the FD of each class's samples to the real images of that
+    /// class, averaged over the classes.
+    pub class_fd: Option<f64>,
 }
 
 /// How KID and precision/recall are computed.
@@ -34,6 +40,8 @@ pub struct Scorer<'a> {
     classifier: &'a Classifier,
     real: Tensor,
     real_subset: Tensor,
+    /// The class of each real image `[N]` (int64, CPU), for class-conditional scores.
+    real_labels: Option<Tensor>,
     o: ScoreOptions,
 }
 
@@ -47,12 +55,66 @@ impl<'a> Scorer<'a> {
             classifier,
             real_subset: real.narrow(0, 0, n),
             real,
+            real_labels: None,
             o,
         }
     }
 
-    /// The scores of images `[N, …]` in [-1, 1] (values outside are clamped).
-    pub fn score(&self, images: &Tensor) -> Result<Scores> {
+    /// The scorer with the class `labels` `[N]` of the real images, for
+    /// class-conditional scores.
+    pub fn with_labels(mut self, labels: &Tensor) -> Result<Self> {
+        if labels.size() != [self.real.size()[0]] {
+            return Err(Error::invalid(format!(
+                "{} labels for {} real images",
+                labels.size().first().copied().unwrap_or(0),
+                self.real.size()[0]
+            )));
+        }
+        self.real_labels = Some(labels.to_device(Device::Cpu).to_kind(Kind::Int64));
+        Ok(self)
+    }
+
+    /// Class accuracy and the per-class FD averaged over the classes present in `labels`
+    /// (classes with fewer than two samples or real images are skipped).
+    fn class_scores(&self, images: &Tensor, feats: &Tensor, labels: &Tensor) -> Result<(f64, f64)> {
+        let real_labels = self.real_labels.as_ref().ok_or_else(|| {
+            Error::invalid("class-conditional scores need the labels of the real images")
+        })?;
+        let y = labels.to_device(Device::Cpu).to_kind(Kind::Int64);
+        let predicted = self
+            .classifier
+            .probabilities(
+                &images.clamp(-1.0, 1.0).to_device(self.classifier.device()),
+                1000,
+            )
+            .argmax(1, false)
+            .to_device(Device::Cpu);
+        let accuracy = predicted
+            .eq_tensor(&y)
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        let classes = Vec::<i64>::try_from(&y.unique_dim(0, true, false, false).0)?;
+        let mut fds = vec![];
+        for c in classes {
+            let pick =
+                |f: &Tensor, l: &Tensor| f.index_select(0, &l.eq(c).nonzero().squeeze_dim(1));
+            let (gen, real) = (pick(feats, &y), pick(&self.real, real_labels));
+            if gen.size()[0] >= 2 && real.size()[0] >= 2 {
+                fds.push(metrics::frechet_distance_of(&gen, &real)?);
+            }
+        }
+        if fds.is_empty() {
+            return Err(Error::invalid(
+                "per-class FD needs at least two samples and two real images of some class",
+            ));
+        }
+        Ok((accuracy, fds.iter().sum::<f64>() / fds.len() as f64))
+    }
+
+    /// The scores of images `[N, …]` in [-1, 1] (values outside are clamped), with the
+    /// class-conditional scores when the images' class `labels` `[N]` are given.
+    pub fn score(&self, images: &Tensor, labels: Option<&Tensor>) -> Result<Scores> {
         let feats = features(self.classifier, images);
         let fd = metrics::frechet_distance_of(&feats, &self.real)?;
         let (kid, kid_se) = metrics::kid(
@@ -68,6 +130,9 @@ impl<'a> Scorer<'a> {
             CONFIDENT,
             1000,
         );
+        let class = labels
+            .map(|y| self.class_scores(images, &feats, y))
+            .transpose()?;
         Ok(Scores {
             fd,
             kid,
@@ -75,6 +140,8 @@ impl<'a> Scorer<'a> {
             precision,
             recall,
             confident,
+            class_accuracy: class.map(|c| c.0),
+            class_fd: class.map(|c| c.1),
         })
     }
 }

@@ -146,6 +146,23 @@ impl ModelConfig {
         }
     }
 
+    /// The same backbone without class conditioning.
+    pub fn unconditional(&self) -> ModelConfig {
+        match self {
+            ModelConfig::Unet(c) => ModelConfig::Unet(crate::nn::unet::UNetConfig {
+                num_classes: None,
+                ..c.clone()
+            }),
+            ModelConfig::Diffusers(c) => {
+                ModelConfig::Diffusers(Box::new(crate::nn::diffusers::DiffusersUNetConfig {
+                    num_class_embeds: None,
+                    ..(**c).clone()
+                }))
+            }
+            ModelConfig::Mlp(c) => ModelConfig::Mlp(c.clone()),
+        }
+    }
+
     /// Sets the dropout rate.
     pub fn set_dropout(&mut self, p: f64) {
         match self {

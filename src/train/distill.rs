@@ -245,12 +245,15 @@ impl Objective {
     }
 }
 
-/// The training and validation trajectories on the device: x_T `[K, …]`, targets `[K, M, …]`.
+/// The training and validation trajectories on the device: x_T `[K, …]`, targets `[K, M, …]`
+/// and, for a class-conditional store, the labels `[K]`.
 struct Split {
     x_train: Tensor,
     y_train: Tensor,
+    c_train: Option<Tensor>,
     x_val: Tensor,
     y_val: Tensor,
+    c_val: Option<Tensor>,
 }
 
 impl Split {
@@ -264,37 +267,112 @@ impl Split {
         let n = (k - validation) as i64;
         let x = store.x_t.to_device(device);
         let y = store.targets.to_device(device);
+        let c = store.labels.as_ref().map(|c| c.to_device(device));
         Ok(Split {
             x_train: x.narrow(0, 0, n),
             y_train: y.narrow(0, 0, n),
+            c_train: c.as_ref().map(|c| c.narrow(0, 0, n)),
             x_val: x.narrow(0, n, validation as i64),
             y_val: y.narrow(0, n, validation as i64),
+            c_val: c.as_ref().map(|c| c.narrow(0, n, validation as i64)),
         })
     }
 
     /// The mean weighted validation loss (NaN without validation data).
-    fn validate(&self, net: &Generator, obj: &Objective, batch: usize) -> f64 {
+    fn validate(&self, net: &Generator, obj: &Objective, batch: usize) -> Result<f64> {
         let nv = self.x_val.size()[0];
         if nv == 0 {
-            return f64::NAN;
+            return Ok(f64::NAN);
         }
         let _g = tch::no_grad_guard();
         let vb = batch.max(1) as i64;
         let mut total = 0.0;
         for i in (0..nv).step_by(vb as usize) {
             let n = vb.min(nv - i);
-            let pred = net.forward(&self.x_val.narrow(0, i, n), false);
+            let c = self.c_val.as_ref().map(|c| c.narrow(0, i, n));
+            let pred = net.forward_labels(&self.x_val.narrow(0, i, n), c.as_ref(), false)?;
             total += obj.sum(&obj.per_time(&pred, &self.y_val.narrow(0, i, n)));
         }
-        total / nv as f64
+        Ok(total / nv as f64)
     }
 }
 
-/// Distils the teacher at `teacher_path` on the store in `store_dir` into `run.out`.
+/// Checks that a class-conditional teacher comes with a labelled store of its classes, and an
+/// unconditional one with an unlabelled store.
+fn check_labels(store: &Store, store_dir: &Path, teacher: &Teacher) -> Result<()> {
+    let mpath = store_dir.join("manifest.json");
+    let stored = store.manifest.num_classes.map(|k| k as i64);
+    match (teacher.num_classes(), stored) {
+        (Some(k), None) => Err(Error::file(
+            &mpath,
+            format!(
+                "the store holds no labels, the teacher is class-conditional ({k} classes): make the store with `dsno trajectories` from this teacher"
+            ),
+        )),
+        (None, Some(k)) => Err(Error::file(
+            &mpath,
+            format!("the store holds labels of {k} classes, the teacher is not class-conditional"),
+        )),
+        (Some(k), Some(s)) if k != s => Err(Error::file(
+            &mpath,
+            format!("the store holds labels of {s} classes, the teacher has {k}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the student from a one-step generator's weights (`--init`): a DSNO or KD checkpoint
+/// of the same method, output times and backbone, or of the backbone's unconditional version
+/// (its class embedding then stays the teacher's).
+fn init_from(vs: &nn::VarStore, path: &Path, method: Method, oc: &OperatorConfig) -> Result<()> {
+    let ck = checkpoint::load(path)?;
+    let kind = match method {
+        Method::Dsno => ModelKind::Dsno,
+        Method::Kd => ModelKind::Kd,
+    };
+    if ck.meta.kind != kind {
+        return Err(Error::file(
+            path,
+            format!(
+                "initial weights for {method} must come from a {method} model, this is a {:?} checkpoint",
+                ck.meta.kind
+            ),
+        ));
+    }
+    if method == Method::Dsno
+        && (ck.meta.times.as_deref() != Some(&oc.times[..]) || ck.meta.modes != Some(oc.modes))
+    {
+        return Err(Error::file(
+            path,
+            format!(
+                "the initial operator has output times {:?} and {:?} modes, the store and config {:?} and {}",
+                ck.meta.times, ck.meta.modes, oc.times, oc.modes
+            ),
+        ));
+    }
+    let (mut a, mut b) = (ck.meta.model.clone(), oc.backbone.clone());
+    a.set_dropout(0.0);
+    b.set_dropout(0.0);
+    if a == b {
+        return ck.load_into(vs, "", path);
+    }
+    if a.num_classes().is_none() && b.num_classes().is_some() && a == b.unconditional() {
+        return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
+    }
+    Err(Error::file(
+        path,
+        "the initial model's backbone differs from the teacher's (or its unconditional version)",
+    ))
+}
+
+/// Distils the teacher at `teacher_path` on the store in `store_dir` into `run.out`; the
+/// student starts from the teacher's weights, or from the one-step generator `init` where it has
+/// them.
 pub fn distill(
     cfg: &DistillConfig,
     teacher_path: &Path,
     store_dir: &Path,
+    init: Option<&Path>,
     run: &RunOptions,
 ) -> Result<Summary> {
     let device = run.device;
@@ -307,6 +385,7 @@ pub fn distill(
         teacher_path,
         cfg.times.as_deref(),
     )?;
+    check_labels(&store, store_dir, &teacher)?;
     let m = &store.manifest;
     let data = Split::new(&store, cfg.validation, device)?;
     let schedule = teacher.schedule();
@@ -325,6 +404,9 @@ pub fn distill(
     // initialise the backbone from the teacher; TimeConv layers stay as initialised
     let ck = checkpoint::load(teacher_path)?;
     ck.load_into_filtered(&vs, "", teacher_path, |n| !n.starts_with("timeconv."))?;
+    if let (Some(p), false) = (init, run.resume) {
+        init_from(&vs, p, cfg.method, &oc)?;
+    }
 
     if cfg.loss == Regression::Lpips {
         let s = &m.sample_shape;
@@ -362,12 +444,13 @@ pub fn distill(
             data.x_train.index_select(0, &ix),
             data.y_train.index_select(0, &ix),
         );
-        let pt = obj.per_time(&student.forward(&x, true), &y); // [B, M']
+        let c = data.c_train.as_ref().map(|c| c.index_select(0, &ix));
+        let pt = obj.per_time(&student.forward_labels(&x, c.as_ref(), true)?, &y); // [B, M']
         let mut extra: Vec<f64> =
             Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;
         let log_now = (step + 1) % log_every == 0 || step + 1 == cfg.train.steps;
         extra.push(if log_now && cfg.validation > 0 {
-            data.validate(&student, &obj, cfg.train.batch_size)
+            data.validate(&student, &obj, cfg.train.batch_size)?
         } else {
             f64::NAN
         });

@@ -360,17 +360,10 @@ fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> 
             ),
         ));
     }
-    let unconditional = |m: &ModelConfig| match m {
-        ModelConfig::Unet(c) => ModelConfig::Unet(crate::nn::unet::UNetConfig {
-            num_classes: None,
-            ..c.clone()
-        }),
-        other => other.clone(),
-    };
     if ck.meta.model == cfg.model {
         return ck.load_into(vs, "", path);
     }
-    if ck.meta.model.num_classes().is_none() && unconditional(&cfg.model) == ck.meta.model {
+    if ck.meta.model.num_classes().is_none() && cfg.model.unconditional() == ck.meta.model {
         return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
     }
     Err(Error::file(

@@ -6,6 +6,7 @@
 //! hold what the manifest says is reported by name and regenerated.
 use crate::checkpoint::file_hash;
 use crate::data::store::{load_shard, save_shard, shard_path, Manifest, Shard, FORMAT};
+use crate::denoiser::{Denoiser, Guided};
 use crate::model::Teacher;
 use crate::sampling::{self, Noise};
 use crate::schedule::check_output_times;
@@ -37,6 +38,12 @@ pub struct GenerateOptions {
     pub fp16: bool,
     /// `(k, n)`: make the shards j ≡ k (mod n) only.
     pub part: (usize, usize),
+    /// A class-conditional teacher: every sample of this class (else each sample's label is
+    /// drawn from (seed, i)).
+    pub class: Option<usize>,
+    /// A class-conditional teacher: the classifier-free guidance scale w (None: 1, the
+    /// conditional model).
+    pub guidance: Option<f64>,
     pub progress: bool,
 }
 
@@ -54,6 +61,8 @@ impl Default for GenerateOptions {
             batch: 256,
             fp16: false,
             part: (0, 1),
+            class: None,
+            guidance: None,
             progress: false,
         }
     }
@@ -150,6 +159,13 @@ fn generate_into(
     }
     check_steps("steps", o.steps)?;
     check_output_times("output times", &o.times)?;
+    let classes = teacher.num_classes().map(|k| k as usize);
+    if classes.is_none() && (o.class.is_some() || o.guidance.is_some()) {
+        return Err(Error::file(
+            teacher_path,
+            "this teacher is not class-conditional: a class and a guidance scale do not apply",
+        ));
+    }
     let schedule = teacher.schedule();
     let grid = trajectory_grid(&schedule, o.solver, &o.times, o.steps)?;
     let sample: f64 = teacher.meta.model.sample_shape().iter().product::<i64>() as f64;
@@ -168,6 +184,9 @@ fn generate_into(
         shard_size: o.shard_size,
         sample_shape: teacher.meta.model.sample_shape(),
         dtype: if o.fp16 { "f16".into() } else { "f32".into() },
+        num_classes: classes,
+        class: o.class,
+        guidance: classes.map(|_| o.guidance.unwrap_or(1.0)),
     };
     manifest.validate()?;
     std::fs::create_dir_all(dir)
@@ -231,13 +250,26 @@ fn generate_into(
             break;
         }
         let (lo, hi) = manifest.shard_range(j);
+        let labels = manifest.labels(lo, hi);
         let out = sampling::batched(
             &noise,
             lo as u64..hi as u64,
             o.batch,
             |n| bar.inc(n),
-            |x_t| {
-                let traj = o.solver.solve(teacher, &schedule, x_t, &grid, &o.times)?;
+            |x_t, items| {
+                let guided = match &labels {
+                    Some(y) => {
+                        let y = y.narrow(0, (items.start as usize - lo) as i64, x_t.size()[0]);
+                        let w = manifest.guidance.unwrap_or(1.0);
+                        Some(Guided::new(teacher, y.to_device(x_t.device()), w)?)
+                    }
+                    None => None,
+                };
+                let denoiser: &dyn Denoiser = match &guided {
+                    Some(g) => g,
+                    None => teacher,
+                };
+                let traj = o.solver.solve(denoiser, &schedule, x_t, &grid, &o.times)?;
                 summary.nfe_per_sample = traj.nfe;
                 Ok(vec![x_t.shallow_clone(), Tensor::stack(&traj.x_hat, 1)])
             },
@@ -247,6 +279,7 @@ fn generate_into(
             targets: out[1].to_kind(store_kind),
             lambdas: lambdas.shallow_clone(),
             indices: Tensor::arange_start(lo as i64, hi as i64, (Kind::Int64, Device::Cpu)),
+            labels,
         };
         save_shard(&shard_path(dir, j), &shard)?;
         summary.made += 1;

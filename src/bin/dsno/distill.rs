@@ -21,6 +21,12 @@ pub struct Args {
     /// Overrides the config's method.
     #[arg(long, value_enum)]
     method: Option<Method>,
+    /// Start from this DSNO or KD model's weights instead of the teacher's (same method, times
+    /// and backbone, or the backbone's unconditional version: e.g. the unconditional DSNO for a
+    /// class-conditional one, whose class embedding then starts as the teacher's). Ignored with
+    /// --resume.
+    #[arg(long)]
+    init: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -37,6 +43,12 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         describe(device)
     );
     dsno::train::install_stop_handler();
-    let s = distill(&cfg, &a.teacher, &a.trajectories, &a.run.options(device))?;
+    let s = distill(
+        &cfg,
+        &a.teacher,
+        &a.trajectories,
+        a.init.as_deref(),
+        &a.run.options(device),
+    )?;
     Ok(a.run.report(&s))
 }

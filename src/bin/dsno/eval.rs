@@ -71,6 +71,10 @@ pub struct Args {
     inception_ref: Option<PathBuf>,
     #[command(flatten)]
     net: crate::fid::NetArgs,
+    /// Classifier-free guidance scale w of the teacher's rows, for a class-conditional teacher
+    /// (1: the conditional model; 0: the unconditional one).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    guidance: f64,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -144,6 +148,13 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let images =
         |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
     let train_images = images(idx::Split::Train)?;
+    let conditional = teacher.num_classes().is_some();
+    let labels = |split| -> Result<Option<tch::Tensor>> {
+        Ok(match conditional {
+            true => Some(idx::load_labels(&dir, split)?),
+            false => None,
+        })
+    };
     let inc = inception(&a, &train_images, device)?;
     let inputs = EvalInputs {
         teacher: &teacher,
@@ -154,6 +165,8 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         classifier_name: cls_name,
         train_images,
         test_images: images(idx::Split::Test)?,
+        train_labels: labels(idx::Split::Train)?,
+        test_labels: labels(idx::Split::Test)?,
         inception: inc.as_ref().map(|(net, reference, name)| InceptionInputs {
             net,
             reference,
@@ -190,6 +203,7 @@ fn options(a: &Args) -> EvalOptions {
             fd_ratio: a.target_fd_ratio,
             wall_ratio: a.target_wall_ratio,
         }),
+        guidance: a.guidance,
         ..Default::default()
     }
 }

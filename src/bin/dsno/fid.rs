@@ -6,7 +6,7 @@ use dsno::checkpoint::ModelKind;
 use dsno::data::fetch::{locate_weights, INCEPTION};
 use dsno::data::idx::Split;
 use dsno::data::{images::read_images, spread};
-use dsno::eval::sampling::{draw, DrawOptions, Sampler};
+use dsno::eval::sampling::{class_cycle, draw, DrawOptions, Sampler};
 use dsno::eval::score::inception_stats;
 use dsno::metrics::fid::FidStats;
 use dsno::model::{load_inception, OneStep, Teacher};
@@ -137,17 +137,23 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `count` samples of the model at `a.samples` (a teacher needs --solver).
+/// `count` samples of the model at `a.samples` (a teacher needs --solver); a class-conditional
+/// model draws sample i for class i mod K.
 fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
     let path: &Path = &a.samples;
+    let meta = dsno::model::peek(path)?;
     let o = DrawOptions {
         count: count as usize,
         batch: a.batch as usize,
         warm_up: false,
         keep_outputs: false,
         progress: Some("sample".into()),
+        labels: meta
+            .model
+            .num_classes()
+            .map(|k| class_cycle(count as usize, k)),
     };
-    if dsno::model::peek(path)?.kind != ModelKind::Teacher {
+    if meta.kind != ModelKind::Teacher {
         let m = OneStep::load(path, device)?;
         let shape = m.meta.model.sample_shape();
         let noise = Noise::at_t_max(a.ode.seed, shape, &m.meta.schedule, device);
@@ -164,11 +170,20 @@ fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
-    let sampler = Sampler::Ode {
-        denoiser: &teacher,
-        schedule,
-        solver,
-        grid,
+    let sampler = match o.labels {
+        Some(_) => Sampler::Guided {
+            model: &teacher,
+            guidance: 1.0,
+            schedule,
+            solver,
+            grid,
+        },
+        None => Sampler::Ode {
+            denoiser: &teacher,
+            schedule,
+            solver,
+            grid,
+        },
     };
     Ok(draw(&sampler, &noise, &o)?.samples)
 }

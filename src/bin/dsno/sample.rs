@@ -2,7 +2,7 @@
 use crate::common::{describe, save_raw};
 use anyhow::{bail, Context, Result};
 use dsno::checkpoint::{self, ModelKind};
-use dsno::denoiser::{Denoiser, Guided, MixtureDenoiser};
+use dsno::denoiser::MixtureDenoiser;
 use dsno::eval::sampling::{draw, DrawOptions, Sampler};
 use dsno::model::{OneStep, Teacher};
 use dsno::sampling::Noise;
@@ -44,10 +44,12 @@ pub struct Args {
     /// for teachers and the toy model).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     batch: Option<u64>,
-    /// A class-conditional teacher: draw every sample of this class.
+    /// A class-conditional model: draw every sample of this class (without --model: the
+    /// bundled class-conditional MNIST DSNO).
     #[arg(long, conflicts_with = "classes")]
     class: Option<i64>,
-    /// A class-conditional teacher: a grid with one row per class (--count samples per class).
+    /// A class-conditional model: a grid with one row per class (--count samples per class,
+    /// default 10; without --model: the bundled class-conditional MNIST DSNO).
     #[arg(long)]
     classes: bool,
     /// Classifier-free guidance scale w for a class-conditional teacher (1: the conditional
@@ -56,11 +58,11 @@ pub struct Args {
     guidance: f64,
 }
 
-/// The labels of a conditional teacher's samples (`None` for an unconditional teacher), and the
-/// sample count they imply; checks that labels are asked of conditional teachers only.
+/// The labels of a conditional model's samples (`None` for an unconditional model), and the
+/// sample count they imply; checks that labels are asked of conditional models only.
 fn labels(a: &Args, classes: Option<i64>, path: &Path) -> Result<(Option<tch::Tensor>, u64)> {
     let asked = a.class.is_some() || a.classes || a.guidance != 1.0;
-    let count = a.count.unwrap_or(if a.classes { 8 } else { 64 });
+    let count = a.count.unwrap_or(if a.classes { 10 } else { 64 });
     match (classes, asked) {
         (None, false) => Ok((None, count)),
         (None, true) => bail!(
@@ -111,6 +113,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
 fn options(a: &Args, default_count: u64, batch: Option<u64>) -> DrawOptions {
     let count = a.count.unwrap_or(default_count);
     DrawOptions {
+        labels: None,
         count: count as usize,
         batch: a.batch.or(batch).unwrap_or(count) as usize,
         warm_up: false,
@@ -128,30 +131,32 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     };
     let teacher = Teacher::load(path, device)?;
     let (labels, count) = labels(a, teacher.num_classes(), path)?;
-    if labels.is_some() && a.batch.is_some() {
-        bail!("class-conditional samples are solved all at once: --batch does not apply");
-    }
     let schedule = teacher.schedule();
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
-    let guided = match &labels {
-        Some(y) => Some(Guided::new(&teacher, y.to_device(device), a.guidance)?),
-        None => None,
-    };
-    let denoiser: &dyn Denoiser = match &guided {
-        Some(g) => g,
-        None => &teacher,
-    };
-    let sampler = Sampler::Ode {
-        denoiser,
-        schedule,
-        solver,
-        grid,
+    let sampler = match &labels {
+        Some(_) => {
+            dsno::denoiser::check_guidance(a.guidance)?;
+            Sampler::Guided {
+                model: &teacher,
+                guidance: a.guidance,
+                schedule,
+                solver,
+                grid,
+            }
+        }
+        None => Sampler::Ode {
+            denoiser: &teacher,
+            schedule,
+            solver,
+            grid,
+        },
     };
     let o = DrawOptions {
         count: count as usize,
         batch: a.batch.unwrap_or(count) as usize,
+        labels,
         ..options(a, count, None)
     };
     let d = draw(&sampler, &noise, &o)?;
@@ -173,12 +178,7 @@ fn report_teacher(
             dsno::eval::score::toy_w2(&d.samples, &x_t, name, a.ode.seed ^ 0x5eed)?;
         println!("sliced W2 to fresh {name} points: samples {w2:.4}, initial noise {w2_noise:.4}");
     }
-    if a.classes {
-        let per_row = a.count.unwrap_or(8) as usize;
-        image::grid(&d.samples, per_row, 2)?.save_png(&a.out)?;
-    } else {
-        write(a, &d.samples, None)?;
-    }
+    write(a, &d.samples, None)?;
     println!(
         "teacher {} ({}), {} × {} steps, {} samples on {}: NFE {}, {:.3} s → {}",
         path.display(),
@@ -201,6 +201,13 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
             path.display()
         );
     }
+    if a.guidance != 1.0 && model.num_classes().is_some() {
+        bail!(
+            "{} is a one-step model: its guidance was fixed when it was distilled (the store's `guidance`); --guidance applies to teachers",
+            path.display()
+        );
+    }
+    let (labels, count) = labels(a, model.num_classes(), path)?;
     let device = model.device();
     let noise = Noise::at_t_max(
         a.ode.seed,
@@ -208,7 +215,12 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
         &model.meta.schedule,
         device,
     );
-    let d = draw(&Sampler::OneStep(model), &noise, &options(a, 64, Some(64)))?;
+    let o = DrawOptions {
+        count: count as usize,
+        labels,
+        ..options(a, count, Some(64))
+    };
+    let d = draw(&Sampler::OneStep(model), &noise, &o)?;
     write(
         a,
         &d.samples,
@@ -246,10 +258,14 @@ fn toy(a: &Args, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// Writes the PNG, and the trajectory strip and raw samples when asked for.
+/// Writes the PNG (with --classes, one row per class), and the trajectory strip and raw samples
+/// when asked for.
 fn write(a: &Args, samples: &tch::Tensor, outputs: Option<(&tch::Tensor, i64)>) -> Result<()> {
-    image::preview(samples)?
-        .save_png(&a.out)
+    let png = match a.classes {
+        true => image::grid(samples, a.count.unwrap_or(10) as usize, 2)?,
+        false => image::preview(samples)?,
+    };
+    png.save_png(&a.out)
         .with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(p) = &a.trajectory {
         let Some((traj, m)) = outputs.filter(|_| samples.dim() > 2) else {

@@ -42,6 +42,14 @@ pub struct Args {
     /// Store x_T and targets as float16.
     #[arg(long)]
     fp16: bool,
+    /// A class-conditional teacher: every trajectory of this class (default: each sample's
+    /// label drawn from the seed, uniform over the classes).
+    #[arg(long)]
+    class: Option<usize>,
+    /// A class-conditional teacher: classifier-free guidance scale w of the solve (default 1,
+    /// the conditional model; recorded in the manifest).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
 }
 
 fn parse_part(s: &str) -> Result<(usize, usize)> {
@@ -62,6 +70,8 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         batch: a.batch,
         fp16: a.fp16,
         part: a.shard,
+        class: a.class,
+        guidance: a.guidance,
         progress: true,
     };
     dsno::train::install_stop_handler();
