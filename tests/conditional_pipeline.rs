@@ -112,7 +112,10 @@ fn labels_survive_the_store_byte_for_byte() {
     let s = generate(&teacher, &path, &store, &options(10)).unwrap();
     assert_eq!((s.made, s.nfe_per_sample), (3, 4));
     let m = Manifest::load(&store).unwrap();
-    assert_eq!((m.num_classes, m.class, m.guidance), (Some(3), None, Some(1.0)));
+    assert_eq!(
+        (m.num_classes, m.class, m.guidance),
+        (Some(3), None, Some(1.0))
+    );
     let loaded = load_store(&store).unwrap();
     let y = loaded.labels.expect("a labelled store");
     let want = dsno::rng::labels(7, 0..10, K as u64);
@@ -227,8 +230,15 @@ fn conditional_distillation_uses_the_stored_labels() {
     for method in [Method::Dsno, Method::Kd] {
         let out = dir.join(format!("{method}"));
         let cfg = distill_config(method, 3, 1e-3);
-        let s = distill(&cfg, &path, &dir.join("store"), None, &common::run(&out, false)).unwrap();
-        assert!(s.final_loss.is_finite());
+        let s = distill(
+            &cfg,
+            &path,
+            &dir.join("store"),
+            None,
+            &common::run(&out, false),
+        )
+        .unwrap();
+        assert!(s.last_loss.is_finite());
         let m = OneStep::load(&out.join("model.safetensors"), Device::Cpu).unwrap();
         assert_eq!(m.num_classes(), Some(K));
         tch::manual_seed(2);
@@ -239,8 +249,14 @@ fn conditional_distillation_uses_the_stored_labels() {
             let alone = m
                 .trajectory_labels(&x.narrow(0, i, 1), Some(&y.narrow(0, i, 1)))
                 .unwrap();
-            let d = (batch.narrow(0, i, 1) - alone).abs().max().double_value(&[]);
-            assert!(d < 1e-5, "{method}: sample {i} differs by {d} from its batch");
+            let d = (batch.narrow(0, i, 1) - alone)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                d < 1e-5,
+                "{method}: sample {i} differs by {d} from its batch"
+            );
         }
         let other = m
             .trajectory_labels(&x, Some(&Tensor::from_slice(&[0i64, 1, 2])))
@@ -250,7 +266,7 @@ fn conditional_distillation_uses_the_stored_labels() {
             "{method}: the label matters"
         );
         let e = m
-            .trajectory_labels(&x, Some(&Tensor::from_slice(&[0i64, 1, 3])))
+            .trajectory_labels(&x, Some(&Tensor::from_slice(&[0i64, 1, 4])))
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the 3 classes"), "{e}");
@@ -356,7 +372,10 @@ fn conditional_evaluation_scores_each_class() {
     let data = common::data_dir("mnist");
     let train_images = to_unit_range(&idx::load_images(&data, idx::Split::Train).unwrap());
     let train_labels = idx::load_labels(&data, idx::Split::Train).unwrap();
-    let (tri, trl) = (train_images.narrow(0, 0, 400), train_labels.narrow(0, 0, 400));
+    let (tri, trl) = (
+        train_images.narrow(0, 0, 400),
+        train_labels.narrow(0, 0, 400),
+    );
     let mut cfg = tiny_config(Some(10));
     cfg.label_dropout = 0.1;
     train_labeled(
@@ -412,7 +431,10 @@ fn conditional_evaluation_scores_each_class() {
     let (report, _) = evaluate(&inputs, &o).unwrap();
     for r in &report.rows {
         let (acc, fd) = (r.class_accuracy.unwrap(), r.class_fd.unwrap());
-        assert!((0.0..=1.0).contains(&acc) && fd.is_finite() && fd >= 0.0, "{r:?}");
+        assert!(
+            (0.0..=1.0).contains(&acc) && fd.is_finite() && fd >= 0.0,
+            "{r:?}"
+        );
     }
     // the floor: 40 test images spread over the set, with their true labels
     let floor = dsno::data::spread(&test_images, 40);
