@@ -423,3 +423,121 @@ fn the_backbone_hooks_every_non_resampling_block() {
     let want: Vec<(usize, i64)> = net.slot_channels().into_iter().enumerate().collect();
     assert_eq!(seen, want);
 }
+
+/// A class-conditional UNet2DModel (`num_class_embeds`, the `scaleshift` fixture) through the
+/// pipeline: labelled trajectories of one class, a conditional DSNO, `sample --class`; with zero
+/// TimeConv every slot of sample b is the network with label b's class embedding; diffusers'
+/// table has no null class, so guidance other than 1 is refused.
+#[test]
+fn an_imported_conditional_teacher_distils_with_labels() {
+    let dir = common::tempdir("diffusers-cond");
+    let s = |p: &Path| p.display().to_string();
+    let teacher = dir.join("teacher.safetensors");
+    dsno_ok(&[
+        "import",
+        "diffusers",
+        &s(&fixtures().join("scaleshift")),
+        "--out",
+        &s(&teacher),
+    ]);
+    let t = Teacher::load(&teacher, Device::Cpu).unwrap();
+    assert_eq!(t.num_classes(), Some(10));
+    let store = dir.join("store");
+    let common_args = ["--steps", "4", "--times", "quad:2", "--device", "cpu"];
+    let mut args = vec!["trajectories", "--teacher"];
+    let (ts, ss) = (s(&teacher), s(&store));
+    args.extend([
+        ts.as_str(),
+        "--count",
+        "6",
+        "--class",
+        "7",
+        "--out",
+        ss.as_str(),
+    ]);
+    args.extend(common_args);
+    dsno_ok(&args);
+    let m = dsno::data::store::Manifest::load(&store).unwrap();
+    assert_eq!((m.num_classes, m.class), (Some(10), Some(7)));
+    let mut bad = args.clone();
+    bad.extend(["--guidance", "2"]);
+    let at = bad.iter().position(|a| *a == ss.as_str()).unwrap();
+    let unused = dir.join("unused");
+    let us = s(&unused);
+    bad[at] = us.as_str();
+    let o = common::dsno(&bad);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("null class"), "{err}");
+    assert!(!unused.exists(), "nothing left behind");
+    let cfg = dir.join("distill.toml");
+    std::fs::write(
+        &cfg,
+        "method = \"dsno\"\nvalidation = 2\n[train]\nsteps = 2\nbatch_size = 2\nlr = 1e-3\n\
+         warmup = 1\nema_decay = 0.9\ncheckpoint_every = 2\nlog_every = 1\nseed = 0\n",
+    )
+    .unwrap();
+    let out = dir.join("dsno");
+    dsno_ok(&[
+        "distill",
+        "--teacher",
+        &ts,
+        "--trajectories",
+        &ss,
+        "--config",
+        &s(&cfg),
+        "--out",
+        &s(&out),
+        "--device",
+        "cpu",
+    ]);
+    let png = dir.join("s.png");
+    let said = dsno_ok(&[
+        "sample",
+        "--model",
+        &s(&out.join("model.safetensors")),
+        "--class",
+        "7",
+        "--count",
+        "2",
+        "--out",
+        &s(&png),
+        "--device",
+        "cpu",
+    ]);
+    assert!(said.contains("NFE 1"), "{said}");
+    // Zero TimeConv: slot m of sample b is the network at t_m with class y_b.
+    let ck = dsno::checkpoint::load(&teacher).unwrap();
+    let times = vec![0.7, 0.3, 0.0];
+    let cfg = dsno::operator::OperatorConfig {
+        backbone: ck.meta.model.clone(),
+        times: times.clone(),
+        modes: 2,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let op = dsno::operator::Operator::new(&vs.root(), &cfg, ck.meta.schedule).unwrap();
+    ck.load_into_filtered(&vs, "", &teacher, |n| !n.starts_with("timeconv"))
+        .unwrap();
+    let _g = tch::no_grad_guard();
+    for (n, mut v) in vs.variables() {
+        if n.starts_with("timeconv") {
+            let _ = v.zero_();
+        }
+    }
+    let x_t = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[4i64, 0, 9]);
+    let all = op.forward_labels(&x_t, Some(&y), false).unwrap();
+    for (m, &t) in times.iter().enumerate() {
+        let tau = Tensor::from_slice(&[ck.meta.schedule.t_input(t) as f32; 3]);
+        let want = op
+            .backbone
+            .forward_labels(&x_t, &tau, Some(&y), false)
+            .unwrap();
+        assert!(rel(&all.select(1, m as i64), &want) < 1e-5, "slot {m}");
+    }
+    let e = op
+        .forward_labels(&x_t, Some(&Tensor::from_slice(&[10i64, 0, 1])), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the 10 classes"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -838,10 +838,16 @@ impl DiffusersUNet {
             .linear_2
             .forward(&self.linear_1.forward(&self.time_features(timesteps)).silu());
         match (&self.class_embedding, labels) {
-            (Some(table), Some(y)) => Ok(emb + table.index_select(0, &y.to_kind(Kind::Int64))),
+            (Some(table), Some(y)) => {
+                // diffusers' class embedding has no null class: labels 0 … K − 1 only
+                let y = super::check_labels(y, timesteps.size()[0], table.size()[0], false)?;
+                Ok(emb + table.index_select(0, &y.to_device(table.device())))
+            }
             (None, None) => Ok(emb),
             (Some(_), None) => Err(Error::invalid(
-                "this UNet2DModel is class-conditional: it needs class labels",
+                "this UNet2DModel is class-conditional without a null class (diffusers' \
+                 num_class_embeds): it needs class labels, and classifier-free guidance other \
+                 than w = 1 does not apply",
             )),
             (None, Some(_)) => Err(Error::invalid(
                 "this UNet2DModel has no class embedding: it takes no labels",
@@ -864,10 +870,18 @@ impl DiffusersUNet {
 
 impl Backbone for DiffusersUNet {
     fn embed(&self, t_in: &Tensor) -> Tensor {
-        // Conditional models are refused when built as a backbone (`ModelConfig::validate`):
-        // the pipeline passes no labels yet.
+        // the time embedding alone (a class-conditional model's labelled paths go through
+        // `embed_labels`, which refuses to run it without labels)
         self.linear_2
             .forward(&self.linear_1.forward(&self.time_features(t_in)).silu())
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.cfg.num_class_embeds
+    }
+
+    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        DiffusersUNet::embed_labels(self, t_in, labels)
     }
 
     fn stem(&self, x: &Tensor) -> Tensor {

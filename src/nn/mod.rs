@@ -108,14 +108,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Unet(c) => c.validate(),
             ModelConfig::Mlp(c) => c.validate(),
-            ModelConfig::Diffusers(c) => {
-                c.validate()?;
-                check(c.num_class_embeds.is_none(), || {
-                    "a class-conditional UNet2DModel (num_class_embeds) needs class labels, \
-                     which dsno's samplers and distillation do not pass yet"
-                        .into()
-                })
-            }
+            ModelConfig::Diffusers(c) => c.validate(),
         }
     }
 
