@@ -260,3 +260,114 @@ fn distillation_resume_gives_identical_weights() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The batch order: every epoch visits each training sample once, a batch draws from the shards
+/// of at most two buffers, and the order depends on the seed.
+#[test]
+fn the_store_order_is_a_buffered_permutation_of_each_epoch() {
+    use dsno::data::store::StoreOrder;
+    let (n, s, buffer, batch) = (95, 10, 3, 5); // 10 shards, the last of 5 samples
+    let o = StoreOrder::new(n, s, buffer, batch, 4).unwrap();
+    assert_eq!(o.per_epoch(), 19);
+    for epoch in 0..3u64 {
+        let mut seen = vec![];
+        for k in 0..19 {
+            let (items, shards) = o.batch(epoch * 19 + k);
+            assert_eq!(items.len(), batch);
+            assert!(shards.len() <= 2 * buffer, "{shards:?}");
+            assert!(items.iter().all(|i| shards.contains(&(i / s))));
+            seen.extend(items);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "epoch {epoch}");
+    }
+    // buffers: the first 25 samples of an epoch (at most one buffer) come from at most 3 shards
+    let first: Vec<usize> = (0..5).flat_map(|k| o.batch(k).0).collect();
+    let mut shards: Vec<usize> = first.iter().map(|i| i / s).collect();
+    shards.dedup();
+    shards.sort_unstable();
+    shards.dedup();
+    assert!(shards.len() <= buffer, "{shards:?}");
+    let other = StoreOrder::new(n, s, buffer, batch, 5).unwrap();
+    assert_ne!(o.batch(0).0, other.batch(0).0);
+    assert!(StoreOrder::new(4, s, buffer, 5, 0).is_err());
+}
+
+/// Streaming: a float16 store read a buffer at a time holds at most two buffers of shards (a
+/// cap below the store's size) and distils to the same weights as the store loaded whole, for
+/// DSNO and KD; a stream without a buffer is refused.
+#[test]
+fn streaming_distillation_equals_the_in_memory_path_under_a_memory_cap() {
+    use dsno::data::store::StreamingStore;
+    let _s = common::serial();
+    let dir = common::tempdir("stream");
+    let tpath = toy_teacher(&dir);
+    let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
+    let store = dir.join("store");
+    let o = GenerateOptions {
+        fp16: true,
+        ..options(100, (0, 1))
+    };
+    generate(&teacher, &tpath, &store, &o).unwrap();
+    let total: u64 = (0..10)
+        .map(|j| std::fs::metadata(shard_path(&store, j)).unwrap().len())
+        .sum();
+    // shard data: x_T [10, 2] and targets [10, 4, 2] in float16 = 200 bytes a shard
+    let shard_bytes = 10 * (2 + 8) * 2;
+    let cap = 4 * shard_bytes; // two buffers of two shards
+    assert!(10 * shard_bytes > cap && total > cap as u64);
+    let s = StreamingStore::open(&store, 90, 2, 16, 0).unwrap();
+    let mut rows = 0;
+    for step in 0..20 {
+        let b = s.batch(step).unwrap();
+        assert_eq!(
+            b.x_t.kind(),
+            Kind::Half,
+            "float16 stays float16 on the host"
+        );
+        rows += b.x_t.size()[0];
+    }
+    assert_eq!(rows, 320);
+    assert!(s.peak_bytes() <= cap, "peak {} > cap {cap}", s.peak_bytes());
+    assert!(
+        s.shard_loads() >= 9,
+        "every shard was read: {}",
+        s.shard_loads()
+    );
+    let mut dcfg = DistillConfig::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
+    )
+    .unwrap();
+    dcfg.validation = 10;
+    dcfg.dropout = Some(0.0);
+    dcfg.train.batch_size = 16;
+    dcfg.train.steps = 20;
+    dcfg.train.checkpoint_every = 10;
+    dcfg.shuffle_shards = 2;
+    for method in [Method::Dsno, Method::Kd] {
+        dcfg.method = method;
+        let mut out = vec![];
+        for stream in [false, true] {
+            dcfg.stream = stream;
+            let d = dir.join(format!("{method:?}-{stream}"));
+            distill(&dcfg, &tpath, &store, None, &common::run(&d, false)).unwrap();
+            out.push(d.join("model.safetensors"));
+        }
+        // the same weights bit for bit (the metadata differs: it records `stream`)
+        let (a, b) = (
+            checkpoint::load(&out[0]).unwrap(),
+            checkpoint::load(&out[1]).unwrap(),
+        );
+        assert_eq!(a.tensors.len(), b.tensors.len());
+        for (name, t) in &a.tensors {
+            assert!(t.equal(&b.tensors[name]), "{method:?}: `{name}` differs");
+        }
+    }
+    dcfg.shuffle_shards = 0;
+    assert!(dcfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("shuffle_shards"));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -297,3 +297,245 @@ pub fn load_store(dir: &Path) -> Result<Store> {
         manifest,
     })
 }
+
+/// The order in which distillation visits the training samples `0..n` of a store, a pure
+/// function of the seed (and of `n`, the shard size, the buffer and the batch), shared by the
+/// in-memory and the streaming readers so that both train on the same batches.
+///
+/// Epoch e permutes the shards holding training samples with the stream of (seed, e) and cuts
+/// that order into buffers of `buffer` shards (0: one buffer of all of them); each buffer's
+/// samples are permuted with the stream of (seed′, e·2³² + g) for buffer g; the epoch is the
+/// buffers in turn. Batch s is slice s mod E of epoch ⌊s/E⌋, E = ⌊n/batch⌋ (the last partial
+/// batch of an epoch is dropped, as [`crate::data::Batches`] does). A reader therefore needs at
+/// most the shards of two buffers at a time.
+#[derive(Debug)]
+pub struct StoreOrder {
+    n: usize,
+    shard_size: usize,
+    buffer: usize,
+    batch: usize,
+    seed: u64,
+    cache: std::cell::RefCell<Option<(u64, EpochOrder)>>,
+}
+
+/// One epoch's sequence of sample indices and where each buffer ends in it.
+#[derive(Debug, Clone)]
+struct EpochOrder {
+    sequence: Vec<usize>,
+    /// The shards of each buffer, and the position in `sequence` where the buffer ends.
+    buffers: Vec<(Vec<usize>, usize)>,
+}
+
+impl StoreOrder {
+    /// The order of the first `n` samples of a store of shards of `shard_size`, batches of
+    /// `batch` (1 ≤ batch ≤ n), shuffled in buffers of `buffer` shards (0: all shards).
+    pub fn new(
+        n: usize,
+        shard_size: usize,
+        buffer: usize,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if batch == 0 || batch > n {
+            return Err(Error::invalid(format!(
+                "batch size {batch} must be in 1..={n} (the training trajectories)"
+            )));
+        }
+        if shard_size == 0 {
+            return Err(Error::invalid("shard size 0"));
+        }
+        Ok(StoreOrder {
+            n,
+            shard_size,
+            buffer,
+            batch,
+            seed,
+            cache: Default::default(),
+        })
+    }
+
+    /// Batches per epoch.
+    pub fn per_epoch(&self) -> usize {
+        self.n / self.batch
+    }
+
+    fn epoch(&self, e: u64) -> EpochOrder {
+        let shards = self.n.div_ceil(self.shard_size);
+        let perm = crate::rng::Rng::for_item(self.seed, e).permutation(shards);
+        let per = if self.buffer == 0 {
+            shards
+        } else {
+            self.buffer
+        };
+        let mut x = self.seed ^ 0xB0FF_E125_8D1C_E5EE;
+        let buffer_seed = crate::rng::splitmix64(&mut x);
+        let mut sequence = Vec::with_capacity(self.n);
+        let mut buffers = vec![];
+        for (g, group) in perm.chunks(per).enumerate() {
+            let items: Vec<usize> = group
+                .iter()
+                .flat_map(|&j| j * self.shard_size..((j + 1) * self.shard_size).min(self.n))
+                .collect();
+            let index = (e << 32).wrapping_add(g as u64);
+            let p = crate::rng::Rng::for_item(buffer_seed, index).permutation(items.len());
+            sequence.extend(p.into_iter().map(|k| items[k]));
+            buffers.push((group.to_vec(), sequence.len()));
+        }
+        EpochOrder { sequence, buffers }
+    }
+
+    /// The sample indices of batch `step`, and the shards (of at most two buffers) a reader
+    /// needs for it.
+    pub fn batch(&self, step: u64) -> (Vec<usize>, Vec<usize>) {
+        let per = self.per_epoch().max(1) as u64;
+        let (e, k) = (step / per, (step % per) as usize);
+        let mut cache = self.cache.borrow_mut();
+        if cache.as_ref().map(|c| c.0) != Some(e) {
+            *cache = Some((e, self.epoch(e)));
+        }
+        let order = &cache.as_ref().expect("cached").1;
+        let (lo, hi) = (k * self.batch, (k + 1) * self.batch);
+        let mut shards = vec![];
+        let mut start = 0;
+        for (group, end) in &order.buffers {
+            if start < hi && lo < *end {
+                shards.extend(group.iter().copied());
+            }
+            start = *end;
+        }
+        shards.sort_unstable();
+        (order.sequence[lo..hi].to_vec(), shards)
+    }
+}
+
+/// A batch read from a store: x_T `[B, …]`, targets `[B, M, …]` (the stored dtype, CPU) and
+/// the labels `[B]` of a class-conditional store.
+#[derive(Debug)]
+pub struct StoreBatch {
+    pub x_t: Tensor,
+    pub targets: Tensor,
+    pub labels: Option<Tensor>,
+}
+
+/// The bytes of a shard's sample data.
+fn shard_bytes(s: &Shard) -> usize {
+    let b = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+    b(&s.x_t) + b(&s.targets) + s.labels.as_ref().map_or(0, b)
+}
+
+/// A trajectory store read on demand: the shards of the buffers the current batch comes from
+/// ([`StoreOrder`]) stay in memory in their stored dtype (float16 shards stay float16), every
+/// other shard on disk, so host memory is bounded by two buffers of shards, not by the store.
+pub struct StreamingStore {
+    pub manifest: Manifest,
+    dir: PathBuf,
+    order: StoreOrder,
+    resident: std::cell::RefCell<std::collections::BTreeMap<usize, Shard>>,
+    peak: std::cell::Cell<usize>,
+    loads: std::cell::Cell<usize>,
+}
+
+impl StreamingStore {
+    /// Opens the store in `dir` for batches of `batch` from its first `n` samples, shuffled in
+    /// buffers of `buffer` shards (≥ 1) with `seed`.
+    pub fn open(dir: &Path, n: usize, buffer: usize, batch: usize, seed: u64) -> Result<Self> {
+        let manifest = Manifest::load(dir)?;
+        if buffer == 0 {
+            return Err(Error::invalid(
+                "streaming needs a shuffle buffer of at least one shard",
+            ));
+        }
+        if n > manifest.count {
+            return Err(Error::invalid(format!(
+                "{n} training samples of a store of {}",
+                manifest.count
+            )));
+        }
+        let order = StoreOrder::new(n, manifest.shard_size, buffer, batch, seed)?;
+        Ok(StreamingStore {
+            manifest,
+            dir: dir.to_path_buf(),
+            order,
+            resident: Default::default(),
+            peak: Default::default(),
+            loads: Default::default(),
+        })
+    }
+
+    /// The most bytes of shard data held at once so far.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.get()
+    }
+
+    /// Shard files read so far.
+    pub fn shard_loads(&self) -> usize {
+        self.loads.get()
+    }
+
+    /// Makes exactly `shards` resident: drops the others first, then reads the missing ones.
+    fn hold(&self, shards: &[usize]) -> Result<()> {
+        let mut resident = self.resident.borrow_mut();
+        resident.retain(|j, _| shards.contains(j));
+        for &j in shards {
+            if !resident.contains_key(&j) {
+                let sh = load_shard(&self.dir, &self.manifest, j)?;
+                self.loads.set(self.loads.get() + 1);
+                resident.insert(j, sh);
+                let held = resident.values().map(shard_bytes).sum::<usize>();
+                self.peak.set(self.peak.get().max(held));
+            }
+        }
+        Ok(())
+    }
+
+    /// The samples `items` (in that order) from the resident shards.
+    fn gather(&self, items: &[usize]) -> StoreBatch {
+        let resident = self.resident.borrow();
+        let s = self.manifest.shard_size;
+        let (mut xs, mut ts, mut ys, mut placed) = (vec![], vec![], vec![], vec![]);
+        for (&j, sh) in resident.iter() {
+            let (pos, rows): (Vec<i64>, Vec<i64>) = items
+                .iter()
+                .enumerate()
+                .filter(|(_, &i)| i / s == j)
+                .map(|(p, &i)| (p as i64, (i - j * s) as i64))
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let idx = Tensor::from_slice(&rows);
+            xs.push(sh.x_t.index_select(0, &idx));
+            ts.push(sh.targets.index_select(0, &idx));
+            ys.extend(sh.labels.as_ref().map(|y| y.index_select(0, &idx)));
+            placed.extend(pos);
+        }
+        // row k of the joined pieces is item placed[k]: put each back in its place
+        let mut inverse = vec![0i64; placed.len()];
+        for (k, &p) in placed.iter().enumerate() {
+            inverse[p as usize] = k as i64;
+        }
+        let back = Tensor::from_slice(&inverse);
+        let join = |v: &[Tensor]| Tensor::cat(v, 0).index_select(0, &back);
+        StoreBatch {
+            x_t: join(&xs),
+            targets: join(&ts),
+            labels: self.manifest.num_classes.map(|_| join(&ys)),
+        }
+    }
+
+    /// The samples `lo..hi` (e.g. the held-out tail), read from their shards.
+    pub fn range(&self, lo: usize, hi: usize) -> Result<StoreBatch> {
+        let s = self.manifest.shard_size;
+        let shards: Vec<usize> = (lo / s..hi.div_ceil(s)).collect();
+        self.hold(&shards)?;
+        let items: Vec<usize> = (lo..hi).collect();
+        Ok(self.gather(&items))
+    }
+
+    /// The batch of training step `step` ([`StoreOrder::batch`]).
+    pub fn batch(&self, step: u64) -> Result<StoreBatch> {
+        let (items, shards) = self.order.batch(step);
+        self.hold(&shards)?;
+        Ok(self.gather(&items))
+    }
+}

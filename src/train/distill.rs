@@ -8,8 +8,7 @@
 //!   comparison isolates what the trajectory and the temporal layers buy.
 use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
-use crate::data::store::{load_store, Store};
-use crate::data::Batches;
+use crate::data::store::{load_store, Manifest, StoreBatch, StoreOrder, StreamingStore};
 use crate::error::{check_field, check_range};
 use crate::model::Teacher;
 pub use crate::operator::Method;
@@ -55,6 +54,15 @@ pub struct DistillConfig {
     /// The output times the store must have (any if absent).
     #[serde(default)]
     pub times: Option<Vec<f64>>,
+    /// Shards per shuffle buffer of the batch order (`data::store::StoreOrder`): each epoch
+    /// visits the shards in a seeded order, a buffer of this many at a time, shuffling the
+    /// samples within the buffer; 0: one buffer of the whole store (a global shuffle).
+    #[serde(default)]
+    pub shuffle_shards: usize,
+    /// Read the store's shards on demand (host memory: the shards of two buffers, float16 shards
+    /// kept float16) instead of loading it whole; the same batches either way.
+    #[serde(default)]
+    pub stream: bool,
     /// VGG-16 weights for `loss = "lpips"`: a safetensors file with torchvision's
     /// `features.{i}.weight` / `.bias` names (scripts/convert-vgg16.py writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +98,12 @@ impl DistillConfig {
         if let Some(t) = &self.times {
             check_output_times("field `times`", t)?;
         }
+        check_range("shuffle_shards", self.shuffle_shards, 0, 1_000_000)?;
+        if self.stream && self.shuffle_shards == 0 {
+            return Err(Error::invalid(
+                "field `stream` = true needs `shuffle_shards` ≥ 1 (the shards held in memory at a time)",
+            ));
+        }
         if self.loss == Regression::Lpips && self.lpips_weights.is_none() {
             return Err(Error::invalid(
                 "field `loss` = \"lpips\" needs `lpips_weights`: a VGG-16 safetensors file (scripts/convert-vgg16.py converts torchvision's)",
@@ -107,15 +121,14 @@ pub fn time_weights(lambdas: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// Checks that `store` was made by `teacher` (file hash, sample shape) with the wanted times.
+/// Checks that the store `m` was made by `teacher` (file hash, sample shape) with the wanted times.
 pub fn check_store(
-    store: &Store,
+    m: &Manifest,
     store_dir: &Path,
     teacher: &Teacher,
     teacher_path: &Path,
     times: Option<&[f64]>,
 ) -> Result<()> {
-    let m = &store.manifest;
     let mpath = store_dir.join("manifest.json");
     let hash = checkpoint::file_hash(teacher_path)?;
     if m.teacher_hash != hash {
@@ -245,37 +258,90 @@ impl Objective {
     }
 }
 
-/// The training and validation trajectories on the device: x_T `[K, …]`, targets `[K, M, …]`
-/// and, for a class-conditional store, the labels `[K]`.
+/// Where the training batches come from: the whole store in memory on the device, or its shards
+/// read on demand; both visit the samples in the same [`StoreOrder`].
+enum Source {
+    Memory {
+        x: Tensor,
+        y: Tensor,
+        c: Option<Tensor>,
+        order: StoreOrder,
+    },
+    Stream(StreamingStore),
+}
+
+/// The training source and the held-out trajectories (the store's last `validation`) on the
+/// device: x_T `[V, …]`, targets `[V, M, …]` and, for a class-conditional store, labels `[V]`.
 struct Split {
-    x_train: Tensor,
-    y_train: Tensor,
-    c_train: Option<Tensor>,
+    source: Source,
+    device: Device,
     x_val: Tensor,
     y_val: Tensor,
     c_val: Option<Tensor>,
 }
 
+fn on_device(b: StoreBatch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
+    (
+        b.x_t.to_device(device).to_kind(Kind::Float),
+        b.targets.to_device(device).to_kind(Kind::Float),
+        b.labels.map(|c| c.to_device(device)),
+    )
+}
+
 impl Split {
-    fn new(store: &Store, validation: usize, device: Device) -> Result<Self> {
-        let k = store.manifest.count;
+    fn new(cfg: &DistillConfig, dir: &Path, m: &Manifest, device: Device) -> Result<Self> {
+        let (k, validation) = (m.count, cfg.validation);
         if validation >= k {
             return Err(Error::invalid(format!(
                 "validation {validation} leaves no training trajectories out of {k}"
             )));
         }
-        let n = (k - validation) as i64;
+        let n = k - validation;
+        let (batch, seed) = (cfg.train.batch_size, cfg.train.seed);
+        if cfg.stream {
+            let s = StreamingStore::open(dir, n, cfg.shuffle_shards, batch, seed)?;
+            let (x_val, y_val, c_val) = on_device(s.range(n, k)?, device);
+            return Ok(Split {
+                source: Source::Stream(s),
+                device,
+                x_val,
+                y_val,
+                c_val,
+            });
+        }
+        let store = load_store(dir)?;
         let x = store.x_t.to_device(device);
         let y = store.targets.to_device(device);
         let c = store.labels.as_ref().map(|c| c.to_device(device));
+        let (n, v) = (n as i64, validation as i64);
         Ok(Split {
-            x_train: x.narrow(0, 0, n),
-            y_train: y.narrow(0, 0, n),
-            c_train: c.as_ref().map(|c| c.narrow(0, 0, n)),
-            x_val: x.narrow(0, n, validation as i64),
-            y_val: y.narrow(0, n, validation as i64),
-            c_val: c.as_ref().map(|c| c.narrow(0, n, validation as i64)),
+            x_val: x.narrow(0, n, v),
+            y_val: y.narrow(0, n, v),
+            c_val: c.as_ref().map(|c| c.narrow(0, n, v)),
+            source: Source::Memory {
+                order: StoreOrder::new(n as usize, m.shard_size, cfg.shuffle_shards, batch, seed)?,
+                x: x.narrow(0, 0, n),
+                y: y.narrow(0, 0, n),
+                c: c.map(|c| c.narrow(0, 0, n)),
+            },
+            device,
         })
+    }
+
+    /// The training batch of step `step` on the device (float32).
+    fn batch(&self, step: u64) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        match &self.source {
+            Source::Memory { x, y, c, order } => {
+                let rows: Vec<i64> = order.batch(step).0.iter().map(|&i| i as i64).collect();
+                let ix = Tensor::from_slice(&rows).to_device(self.device);
+                Ok((
+                    x.index_select(0, &ix),
+                    y.index_select(0, &ix),
+                    c.as_ref().map(|c| c.index_select(0, &ix)),
+                ))
+            }
+            Source::Stream(s) => Ok(on_device(s.batch(step)?, self.device)),
+        }
     }
 
     /// The mean weighted validation loss (NaN without validation data).
@@ -299,9 +365,9 @@ impl Split {
 
 /// Checks that a class-conditional teacher comes with a labelled store of its classes, and an
 /// unconditional one with an unlabelled store.
-fn check_labels(store: &Store, store_dir: &Path, teacher: &Teacher) -> Result<()> {
+fn check_labels(m: &Manifest, store_dir: &Path, teacher: &Teacher) -> Result<()> {
     let mpath = store_dir.join("manifest.json");
-    let stored = store.manifest.num_classes.map(|k| k as i64);
+    let stored = m.num_classes.map(|k| k as i64);
     match (teacher.num_classes(), stored) {
         (Some(k), None) => Err(Error::file(
             &mpath,
@@ -377,17 +443,11 @@ pub fn distill(
 ) -> Result<Summary> {
     let device = run.device;
     let teacher = Teacher::load(teacher_path, Device::Cpu)?;
-    let store = load_store(store_dir)?;
-    check_store(
-        &store,
-        store_dir,
-        &teacher,
-        teacher_path,
-        cfg.times.as_deref(),
-    )?;
-    check_labels(&store, store_dir, &teacher)?;
-    let m = &store.manifest;
-    let data = Split::new(&store, cfg.validation, device)?;
+    let manifest = Manifest::load(store_dir)?;
+    let m = &manifest;
+    check_store(m, store_dir, &teacher, teacher_path, cfg.times.as_deref())?;
+    check_labels(m, store_dir, &teacher)?;
+    let data = Split::new(cfg, store_dir, m, device)?;
     let schedule = teacher.schedule();
     let mut model = teacher.meta.model.clone();
     if let Some(p) = cfg.dropout {
@@ -417,8 +477,6 @@ pub fn distill(
         }
     }
     let obj = Objective::new(cfg, &schedule, &m.times, device)?;
-    let idx = Tensor::arange(data.x_train.size()[0], (Kind::Int64, device));
-    let batches = Batches::new(idx, cfg.train.batch_size, cfg.train.seed)?;
     let meta = CheckpointMeta {
         kind: match cfg.method {
             Method::Dsno => ModelKind::Dsno,
@@ -439,12 +497,7 @@ pub fn distill(
     let r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
     let log_every = cfg.train.log_every.max(1);
     r.run(run.resume, |step| {
-        let ix = batches.get(step);
-        let (x, y) = (
-            data.x_train.index_select(0, &ix),
-            data.y_train.index_select(0, &ix),
-        );
-        let c = data.c_train.as_ref().map(|c| c.index_select(0, &ix));
+        let (x, y, c) = data.batch(step)?;
         let pt = obj.per_time(&student.forward_labels(&x, c.as_ref(), true)?, &y); // [B, M']
         let mut extra: Vec<f64> =
             Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;
