@@ -256,28 +256,18 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
         Ok((what, drawn))
     };
     let ode = |solver: Solver, steps: usize, grid: Grid| {
-        let grid = grid.make(solver, &schedule, steps);
-        match labels {
-            Some(_) => Sampler::Guided {
-                model: teacher,
-                guidance: o.guidance,
-                schedule,
-                solver,
-                grid,
-            },
-            None => Sampler::Ode {
-                denoiser: teacher,
-                schedule,
-                solver,
-                grid,
-            },
-        }
+        Sampler::teacher(
+            teacher,
+            o.guidance,
+            solver,
+            grid.make(solver, &schedule, steps),
+        )
     };
     let mut rows = vec![];
     let (solver, steps) = (Solver::DpmSolver2M, o.reference_steps);
     rows.push(run(
         RowMethod::Reference { solver, steps },
-        &ode(solver, steps, Grid::Default),
+        &ode(solver, steps, Grid::Default)?,
     )?);
     for (solver, counts, grid) in [
         (Solver::Ddim, &o.ddim_steps, o.ddim_grid),
@@ -286,7 +276,7 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
         for &steps in counts {
             rows.push(run(
                 RowMethod::Solver { solver, steps },
-                &ode(solver, steps, grid),
+                &ode(solver, steps, grid)?,
             )?);
         }
     }

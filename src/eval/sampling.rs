@@ -3,7 +3,7 @@
 //! exact toy denoiser with a solver; [`draw`] runs it on every batch of the seeded noise (with
 //! each sample's class label, for conditional models) and times it.
 use crate::denoiser::{ConditionalDenoiser, Denoiser, Guided};
-use crate::model::OneStep;
+use crate::model::{OneStep, Teacher};
 use crate::sampling::{self, Noise};
 use crate::schedule::Schedule;
 use crate::solver::Solver;
@@ -46,7 +46,36 @@ pub struct Batch {
     pub passes: usize,
 }
 
-impl Sampler<'_> {
+impl<'a> Sampler<'a> {
+    /// A teacher solved with `solver` on `grid`: a class-conditional one with classifier-free
+    /// guidance of scale `guidance` towards each sample's label, an unconditional one plainly.
+    pub fn teacher(
+        teacher: &'a Teacher,
+        guidance: f64,
+        solver: Solver,
+        grid: Vec<f64>,
+    ) -> Result<Self> {
+        let schedule = teacher.schedule();
+        Ok(match teacher.num_classes() {
+            Some(_) => {
+                crate::denoiser::check_guidance(guidance)?;
+                Sampler::Guided {
+                    model: teacher,
+                    guidance,
+                    schedule,
+                    solver,
+                    grid,
+                }
+            }
+            None => Sampler::Ode {
+                denoiser: teacher,
+                schedule,
+                solver,
+                grid,
+            },
+        })
+    }
+
     /// The samples of `x_t` with class `labels` `[B]` (conditional models only).
     pub fn run(&self, x_t: &Tensor, labels: Option<&Tensor>) -> Result<Batch> {
         let solve = |denoiser: &dyn Denoiser, schedule, solver: &Solver, grid| -> Result<Batch> {

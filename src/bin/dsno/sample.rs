@@ -135,24 +135,7 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
-    let sampler = match &labels {
-        Some(_) => {
-            dsno::denoiser::check_guidance(a.guidance)?;
-            Sampler::Guided {
-                model: &teacher,
-                guidance: a.guidance,
-                schedule,
-                solver,
-                grid,
-            }
-        }
-        None => Sampler::Ode {
-            denoiser: &teacher,
-            schedule,
-            solver,
-            grid,
-        },
-    };
+    let sampler = Sampler::teacher(&teacher, a.guidance, solver, grid)?;
     let o = DrawOptions {
         count: count as usize,
         batch: a.batch.unwrap_or(count) as usize,
