@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes tests/fixtures/bundled/{dsno,kd,teacher}.safetensors: raw samples of the bundled models
+# Writes tests/fixtures/bundled/{dsno,kd,teacher,cond-dsno}.safetensors: raw samples of the bundled models
 # (seed 0, CPU), which tests/bundled.rs requires bit for bit. Run it only when a change is meant
 # to alter the samples, and say why in the commit.
 set -euo pipefail
@@ -14,3 +14,5 @@ mkdir -p "$out"
   --safetensors "$out/kd.safetensors"
 ./dsno sample --device cpu --model models/mnist-teacher.safetensors --solver dpmpp2m --steps 4 \
   --count 8 --out "$tmp/t.png" --safetensors "$out/teacher.safetensors"
+./dsno sample --device cpu --classes --count 2 --out "$tmp/c.png" \
+  --safetensors "$out/cond-dsno.safetensors"

@@ -1,17 +1,23 @@
 //! The bundled models sample bit for bit as they did when the fixtures were made
-//! (`scripts/make-bundled-fixtures.sh`): the built-in DSNO model, the KD model and the teacher
-//! with DPM-Solver++(2M), 16 / 16 / 8 samples from seed 0 on the CPU. The fixtures are the raw
+//! (`scripts/make-bundled-fixtures.sh`): the built-in DSNO model, the KD model, the teacher
+//! with DPM-Solver++(2M) and the built-in class-conditional DSNO (`--classes`), 16 / 16 / 8 / 20
+//! samples from seed 0 on the CPU. The fixtures are the raw
 //! sample files of `dsno sample --safetensors`; the `samples` tensors are compared bit for bit.
 mod common;
 
 use common::{dsno, model, root, tempdir};
+
+/// The least class accuracy of the bundled conditional DSNO's `--classes --count 20` grid: 0.710
+/// measured (docs/RESULTS.md §13), chance 0.1.
+const ACCURACY_BAR: f64 = 0.6;
 
 #[test]
 fn bundled_models_sample_bit_identically_to_their_fixtures() {
     let dir = tempdir("bundled");
     let kd = model("mnist-kd.safetensors");
     let teacher = model("mnist-teacher.safetensors");
-    let cases: [(&str, Vec<&str>); 3] = [
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("cond-dsno", vec!["--classes", "--count", "2"]),
         ("dsno", vec!["--count", "16"]),
         ("kd", vec!["--model", kd.to_str().unwrap(), "--count", "16"]),
         (
@@ -59,4 +65,52 @@ fn samples(path: &std::path::Path) -> tch::Tensor {
         .find(|(n, _)| n == "samples")
         .expect("a `samples` tensor")
         .1
+}
+
+/// `dsno sample --classes` with no model draws from the bundled class-conditional DSNO: ten rows
+/// of the ten digits, which the bundled classifier reads as the digits asked for.
+#[test]
+fn the_bundled_conditional_dsno_draws_the_digits_asked_for() {
+    let dir = tempdir("bundled-cond");
+    let (raw, png) = (dir.join("d.safetensors"), dir.join("digits.png"));
+    let out = dsno(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--classes",
+        "--count",
+        "20",
+        "--out",
+        png.to_str().unwrap(),
+        "--safetensors",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = dsno::util::image::Image::load_png(&png).unwrap();
+    assert_eq!(
+        (img.width, img.height),
+        (20 * 28 + 21 * 2, 10 * 28 + 11 * 2)
+    );
+    let x = samples(&raw);
+    assert_eq!(x.size(), [200, 1, 28, 28]);
+    let cls =
+        dsno::model::load_classifier(&model("mnist-classifier.safetensors"), tch::Device::Cpu)
+            .unwrap();
+    let want = tch::Tensor::arange(200, (tch::Kind::Int64, tch::Device::Cpu))
+        .divide_scalar_mode(20, "floor");
+    let acc = cls
+        .net
+        .probabilities(&x, 200)
+        .argmax(1, false)
+        .eq_tensor(&want)
+        .to_kind(tch::Kind::Double)
+        .mean(tch::Kind::Double)
+        .double_value(&[]);
+    eprintln!("bundled conditional DSNO, --classes --count 20: class accuracy {acc:.3}");
+    assert!(acc >= ACCURACY_BAR, "class accuracy {acc}");
+    std::fs::remove_dir_all(dir).ok();
 }

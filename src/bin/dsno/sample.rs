@@ -16,7 +16,8 @@ use tch::{Device, Kind};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A trained checkpoint: a DSNO or KD model (one step) or a teacher (needs --solver).
-    /// Default: the bundled MNIST DSNO model (models/mnist-dsno.safetensors, built in).
+    /// Default: the bundled MNIST DSNO model (models/mnist-dsno.safetensors, built in; with
+    /// --class or --classes the class-conditional one, models/mnist-cond-dsno.safetensors).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Sample the built-in toy model instead: the exact denoiser of a 2-D mixture of eight
@@ -93,13 +94,23 @@ fn labels(a: &Args, classes: Option<i64>, path: &Path) -> Result<(Option<tch::Te
 
 /// The bundled MNIST DSNO model (float16 weights, built into the binary).
 const BUNDLED_DSNO: &[u8] = include_bytes!("../../../models/mnist-dsno.safetensors");
+/// The bundled class-conditional MNIST DSNO model (float16, built in): `--class`/`--classes`
+/// without `--model`.
+const BUNDLED_COND_DSNO: &[u8] = include_bytes!("../../../models/mnist-cond-dsno.safetensors");
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     match &a.model {
         _ if a.toy => toy(&a, device)?,
         None => {
-            let name = Path::new("models/mnist-dsno.safetensors (built in)");
-            let ck = checkpoint::load_bytes(BUNDLED_DSNO, name)?;
+            let (bytes, name) = match a.class.is_some() || a.classes {
+                true => (
+                    BUNDLED_COND_DSNO,
+                    "models/mnist-cond-dsno.safetensors (built in)",
+                ),
+                false => (BUNDLED_DSNO, "models/mnist-dsno.safetensors (built in)"),
+            };
+            let name = Path::new(name);
+            let ck = checkpoint::load_bytes(bytes, name)?;
             one_step(&a, &OneStep::from_checkpoint(ck, name, device)?, name)?
         }
         Some(p) if dsno::model::peek(p)?.kind == ModelKind::Teacher => teacher(&a, p, device)?,
