@@ -8,11 +8,10 @@ mod common;
 use dsno::checkpoint;
 use dsno::data::store::{load_shard, load_store, save_shard, shard_path, Manifest, Shard};
 use dsno::model::{OneStep, Teacher};
-use dsno::nn::{unet::UNetConfig, ModelConfig};
 use dsno::schedule::parse_output_times;
 use dsno::solver::Solver;
 use dsno::train::distill::{distill, DistillConfig, Method};
-use dsno::train::teacher::{train, train_labeled, DataConfig, TeacherConfig};
+use dsno::train::teacher::{train, train_labeled, TeacherConfig};
 use dsno::train::trajectories::{generate, GenerateOptions};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -20,23 +19,7 @@ use tch::{Device, Kind, Tensor};
 const K: i64 = 3;
 
 fn tiny_config(classes: Option<i64>) -> TeacherConfig {
-    let mut cfg = TeacherConfig::load(&common::root().join("configs/mnist.toml")).unwrap();
-    cfg.model = ModelConfig::Unet(UNetConfig {
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attn_resolutions: vec![],
-        num_heads: 1,
-        groups: 4,
-        dropout: 0.0,
-        num_classes: classes,
-        ..UNetConfig::mnist()
-    });
-    cfg.data = DataConfig::Idx {
-        name: "random".into(),
-    };
-    cfg.train.steps = 2;
-    cfg.train.batch_size = 4;
+    let mut cfg = common::tiny_teacher_config(classes);
     cfg.train.warmup = 1;
     cfg.train.lr = 1e-2;
     cfg

@@ -262,26 +262,9 @@ fn an_imported_teacher_runs_the_whole_pipeline() {
         assert!(bool::try_from(x.isfinite().all()).unwrap());
     }
     // Zero TimeConv: every slot is the teacher's network at that slot's timestep.
-    let ck = dsno::checkpoint::load(&teacher).unwrap();
     let times = vec![0.9, 0.5, 0.2, 0.0];
-    let cfg = dsno::operator::OperatorConfig {
-        backbone: ck.meta.model.clone(),
-        times: times.clone(),
-        modes: 2,
-    };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let op = dsno::operator::Operator::new(&vs.root(), &cfg, ck.meta.schedule).unwrap();
-    ck.load_into_filtered(&vs, "", &teacher, |n| !n.starts_with("timeconv"))
-        .unwrap();
+    let (_vs, op, ck) = zero_timeconv_operator(&teacher, &times);
     let _g = tch::no_grad_guard();
-    for mut v in vs
-        .variables()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("timeconv"))
-        .map(|(_, v)| v)
-    {
-        let _ = v.zero_();
-    }
     let x_t = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
     let all = op.forward(&x_t, false);
     for (m, &t) in times.iter().enumerate() {
@@ -290,6 +273,35 @@ fn an_imported_teacher_runs_the_whole_pipeline() {
         assert!(rel(&all.select(1, m as i64), &want) < 1e-5, "slot {m}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The operator of the teacher at `path` over output `times`, its backbone the teacher's and every
+/// TimeConv weight zero, so that each slot is the teacher's network at that slot's time.
+fn zero_timeconv_operator(
+    path: &Path,
+    times: &[f64],
+) -> (
+    nn::VarStore,
+    dsno::operator::Operator,
+    dsno::checkpoint::Checkpoint,
+) {
+    let ck = dsno::checkpoint::load(path).unwrap();
+    let cfg = dsno::operator::OperatorConfig {
+        backbone: ck.meta.model.clone(),
+        times: times.to_vec(),
+        modes: 2,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let op = dsno::operator::Operator::new(&vs.root(), &cfg, ck.meta.schedule).unwrap();
+    ck.load_into_filtered(&vs, "", path, |n| !n.starts_with("timeconv"))
+        .unwrap();
+    let _g = tch::no_grad_guard();
+    for (n, mut v) in vs.variables() {
+        if n.starts_with("timeconv") {
+            let _ = v.zero_();
+        }
+    }
+    (vs, op, ck)
 }
 
 /// Copies fixture `name` into a fresh folder, for tests that spoil one file.
@@ -506,23 +518,9 @@ fn an_imported_conditional_teacher_distils_with_labels() {
     ]);
     assert!(said.contains("NFE 1"), "{said}");
     // Zero TimeConv: slot m of sample b is the network at t_m with class y_b.
-    let ck = dsno::checkpoint::load(&teacher).unwrap();
     let times = vec![0.7, 0.3, 0.0];
-    let cfg = dsno::operator::OperatorConfig {
-        backbone: ck.meta.model.clone(),
-        times: times.clone(),
-        modes: 2,
-    };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let op = dsno::operator::Operator::new(&vs.root(), &cfg, ck.meta.schedule).unwrap();
-    ck.load_into_filtered(&vs, "", &teacher, |n| !n.starts_with("timeconv"))
-        .unwrap();
+    let (_vs, op, ck) = zero_timeconv_operator(&teacher, &times);
     let _g = tch::no_grad_guard();
-    for (n, mut v) in vs.variables() {
-        if n.starts_with("timeconv") {
-            let _ = v.zero_();
-        }
-    }
     let x_t = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&[4i64, 0, 9]);
     let all = op.forward_labels(&x_t, Some(&y), false).unwrap();

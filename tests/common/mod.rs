@@ -81,12 +81,11 @@ pub fn assert_same_run_files(a: &Path, b: &Path) {
     }
 }
 
-/// A tiny 28×28 U-Net teacher (8 channels, two levels) trained for 2 steps on random images into
-/// `dir/teacher`; returns its model file. Callers training in-process hold [`serial`].
-pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
+/// The config of a tiny 28×28 U-Net teacher (8 channels, two levels, `num_classes` classes if
+/// any) for 2 steps of 4 on images named "random".
+pub fn tiny_teacher_config(num_classes: Option<i64>) -> dsno::train::teacher::TeacherConfig {
     use dsno::nn::{unet::UNetConfig, ModelConfig};
-    use dsno::train::teacher::{train, DataConfig, TeacherConfig};
-    use tch::{Device, Kind, Tensor};
+    use dsno::train::teacher::{DataConfig, TeacherConfig};
     let mut cfg = TeacherConfig::load(&root().join("configs/mnist.toml")).unwrap();
     cfg.model = ModelConfig::Unet(UNetConfig {
         channels: 8,
@@ -96,6 +95,7 @@ pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
         num_heads: 1,
         groups: 4,
         dropout: 0.0,
+        num_classes,
         ..UNetConfig::mnist()
     });
     cfg.data = DataConfig::Idx {
@@ -103,6 +103,15 @@ pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
     };
     cfg.train.steps = 2;
     cfg.train.batch_size = 4;
+    cfg
+}
+
+/// A tiny 28×28 U-Net teacher ([`tiny_teacher_config`]) trained for 2 steps on random images into
+/// `dir/teacher`; returns its model file. Callers training in-process hold [`serial`].
+pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
+    use dsno::train::teacher::train;
+    use tch::{Device, Kind, Tensor};
+    let cfg = tiny_teacher_config(None);
     let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     train(&cfg, images, &run(&dir.join("teacher"), false), None).unwrap();
     dir.join("teacher/model.safetensors")
