@@ -24,7 +24,8 @@ pub struct Args {
     /// Gaussians, solved with --solver.
     #[arg(long, conflicts_with = "model")]
     toy: bool,
-    /// Number of samples (default: 2000 for the toy model, 64 otherwise).
+    /// Number of samples (default: 2000 for the toy model, 64 otherwise; with --classes, samples
+    /// per class, default 10).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     #[command(flatten)]
