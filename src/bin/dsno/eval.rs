@@ -140,21 +140,21 @@ fn classifier(
     Ok((c.0, format!("{} ({set}, test accuracy {acc:.2} %)", c.1)))
 }
 
+/// The real images of `split` in [-1, 1], and their labels when `labels`.
+fn real(dir: &Path, split: idx::Split, labels: bool) -> Result<(tch::Tensor, Option<tch::Tensor>)> {
+    let images = to_unit_range(&idx::load_images(dir, split)?);
+    let labels = labels.then(|| idx::load_labels(dir, split)).transpose()?;
+    Ok((images, labels))
+}
+
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let teacher = Teacher::load(&a.teacher, device)?;
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
     let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;
     let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
-    let images =
-        |split| -> Result<tch::Tensor> { Ok(to_unit_range(&idx::load_images(&dir, split)?)) };
-    let train_images = images(idx::Split::Train)?;
-    let conditional = teacher.num_classes().is_some();
-    let labels = |split| -> Result<Option<tch::Tensor>> {
-        Ok(match conditional {
-            true => Some(idx::load_labels(&dir, split)?),
-            false => None,
-        })
-    };
+    let [train, test] = [idx::Split::Train, idx::Split::Test]
+        .map(|split| real(&dir, split, teacher.num_classes().is_some()));
+    let ((train_images, train_labels), (test_images, test_labels)) = (train?, test?);
     let inc = inception(&a, &train_images, device)?;
     let inputs = EvalInputs {
         teacher: &teacher,
@@ -164,9 +164,9 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         classifier: &cls.net,
         classifier_name: cls_name,
         train_images,
-        test_images: images(idx::Split::Test)?,
-        train_labels: labels(idx::Split::Train)?,
-        test_labels: labels(idx::Split::Test)?,
+        test_images,
+        train_labels,
+        test_labels,
         inception: inc.as_ref().map(|(net, reference, name)| InceptionInputs {
             net,
             reference,
