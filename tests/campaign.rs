@@ -108,7 +108,9 @@ fn windows_accumulate_and_match_one_uninterrupted_run() {
 #[test]
 fn a_window_that_runs_out_of_time_brings_back_a_resumable_run() {
     let dir = tempdir("campaign-budget");
-    let env = [("TEACHER_STEPS", "1000000"), ("BUDGET", "10")];
+    // 20 s: enough for the second window to get past its start-up (restoring, loading) and train
+    // further even when the other test of this file shares the two cores
+    let env = [("TEACHER_STEPS", "1000000"), ("BUDGET", "20")];
     let step = |log: &str| -> u64 {
         log.lines()
             .last()
