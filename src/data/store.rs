@@ -477,10 +477,9 @@ impl StreamingStore {
         let mut resident = self.resident.borrow_mut();
         resident.retain(|j, _| shards.contains(j));
         for &j in shards {
-            if !resident.contains_key(&j) {
-                let sh = load_shard(&self.dir, &self.manifest, j)?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = resident.entry(j) {
+                slot.insert(load_shard(&self.dir, &self.manifest, j)?);
                 self.loads.set(self.loads.get() + 1);
-                resident.insert(j, sh);
                 let held = resident.values().map(shard_bytes).sum::<usize>();
                 self.peak.set(self.peak.get().max(held));
             }

@@ -267,7 +267,7 @@ enum Source {
         c: Option<Tensor>,
         order: StoreOrder,
     },
-    Stream(StreamingStore),
+    Stream(Box<StreamingStore>),
 }
 
 /// The training source and the held-out trajectories (the store's last `validation`) on the
@@ -302,7 +302,7 @@ impl Split {
             let s = StreamingStore::open(dir, n, cfg.shuffle_shards, batch, seed)?;
             let (x_val, y_val, c_val) = on_device(s.range(n, k)?, device);
             return Ok(Split {
-                source: Source::Stream(s),
+                source: Source::Stream(Box::new(s)),
                 device,
                 x_val,
                 y_val,
