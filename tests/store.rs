@@ -29,6 +29,18 @@ fn toy_teacher(dir: &Path) -> PathBuf {
     dir.join("teacher/model.safetensors")
 }
 
+/// configs/distill-toy2d.toml with 10 trajectories held out, batches of 16 and `dropout`.
+fn toy_distill_config(dropout: f64) -> DistillConfig {
+    let mut dcfg = DistillConfig::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
+    )
+    .unwrap();
+    dcfg.validation = 10;
+    dcfg.dropout = Some(dropout);
+    dcfg.train.batch_size = 16;
+    dcfg
+}
+
 fn options(count: usize, part: (usize, usize)) -> GenerateOptions {
     GenerateOptions {
         solver: Solver::DpmSolver2M,
@@ -205,13 +217,7 @@ fn distillation_resume_gives_identical_weights() {
     let tpath = toy_teacher(&dir);
     let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
     generate(&teacher, &tpath, &dir.join("store"), &options(60, (0, 1))).unwrap();
-    let mut dcfg = DistillConfig::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
-    )
-    .unwrap();
-    dcfg.validation = 10;
-    dcfg.dropout = Some(0.1);
-    dcfg.train.batch_size = 16;
+    let mut dcfg = toy_distill_config(0.1);
     dcfg.train.checkpoint_every = 6;
     dcfg.train.log_every = 3;
     for method in [Method::Dsno, Method::Kd] {
@@ -334,13 +340,7 @@ fn streaming_distillation_equals_the_in_memory_path_under_a_memory_cap() {
         "every shard was read: {}",
         s.shard_loads()
     );
-    let mut dcfg = DistillConfig::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/distill-toy2d.toml"),
-    )
-    .unwrap();
-    dcfg.validation = 10;
-    dcfg.dropout = Some(0.0);
-    dcfg.train.batch_size = 16;
+    let mut dcfg = toy_distill_config(0.0);
     dcfg.train.steps = 20;
     dcfg.train.checkpoint_every = 10;
     dcfg.shuffle_shards = 2;
