@@ -18,3 +18,38 @@ torch_dir=$("$venv/bin/python" -c "import importlib.util as u,os; print(os.path.
 if [ "$(readlink "$venv/torch" 2>/dev/null)" != "$torch_dir" ]; then
   ln -sfn "$torch_dir" "$venv/torch"
 fi
+
+# Headers for the c10d shim (src/comm/shim.cpp, built by build.rs). c10d's Gloo backend is
+# compiled into libtorch_cpu, but the wheel lacks Gloo's own headers, which ProcessGroupGloo.hpp
+# includes: Debian's libgloo-dev supplies them, pinned by file and SHA-256. The shim only names
+# Gloo's types through pointers, so these headers (gloo 2022-05-18) need not be the exact commit
+# libtorch was built with; the shim's tests (tests/comm.rs) check the backend end to end.
+gloo_deb="libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb"
+gloo_sha="80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299"
+gloo_dir="$venv/gloo"
+if [ ! -f "$gloo_dir/include/gloo/rendezvous/store.h" ]; then
+  echo "dsno setup: fetching Gloo's headers (Debian's $gloo_deb)" >&2
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$venv/bin/python" - "$gloo_deb" "$tmp/gloo.deb" <<'PY'
+import sys, urllib.request
+url = "http://deb.debian.org/debian/pool/main/g/gloo/" + sys.argv[1].replace("~", "%7E")
+with urllib.request.urlopen(url, timeout=120) as r, open(sys.argv[2], "wb") as f:
+    f.write(r.read())
+PY
+  echo "$gloo_sha  $tmp/gloo.deb" | sha256sum -c --quiet - >&2 || { echo "dsno setup: $gloo_deb: SHA-256 mismatch" >&2; exit 1; }
+  (cd "$tmp" && ar x gloo.deb && mkdir x && tar -xf data.tar.* -C x)
+  rm -rf "$gloo_dir.part" && mkdir -p "$gloo_dir.part"
+  cp -r "$tmp/x/usr/include" "$gloo_dir.part/include"
+  rm -rf "$gloo_dir" && mv "$gloo_dir.part" "$gloo_dir"
+fi
+
+# A CUDA build of the wheel: the CUDA runtime's remaining headers (crt/, libcu++'s nv/), which
+# ProcessGroupNCCL.hpp includes through ATen's CUDA headers; nccl.h comes with the wheel's NCCL.
+nv="$(dirname "$torch_dir")/nvidia"
+if [ -f "$torch_dir/lib/libtorch_cuda.so" ] && [ -f "$nv/nccl/include/nccl.h" ] \
+  && [ ! -f "$nv/cu13/include/crt/host_config.h" -o ! -f "$nv/cu13/include/nv/target" ]; then
+  echo "dsno setup: installing the CUDA headers for the NCCL backend" >&2
+  "$venv/bin/pip" install --disable-pip-version-check -q --no-deps \
+    "nvidia-cuda-crt==13.0.88" "nvidia-cuda-cccl==13.0.85" >&2
+fi

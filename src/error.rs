@@ -10,6 +10,10 @@ pub enum Error {
     /// A file that could not be read, written or parsed.
     #[error("{}: {msg}", path.display())]
     File { path: PathBuf, msg: String },
+    /// A failure of the process group: a rank that died or timed out, a store that cannot be
+    /// reached, a launch environment that does not describe a group.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// An error raised by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

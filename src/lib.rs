@@ -19,6 +19,7 @@
 pub mod error;
 pub mod util;
 pub mod device;
+pub mod comm;
 pub mod rng;
 pub mod schedule;
 pub mod denoiser;
