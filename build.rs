@@ -27,7 +27,10 @@ fn main() {
             lib.display()
         );
     }
-    let root = lib.parent().expect("libtorch/lib has a parent").to_path_buf();
+    let root = lib
+        .parent()
+        .expect("libtorch/lib has a parent")
+        .to_path_buf();
     let cuda = lib.join("libtorch_cuda.so").exists();
     shim(&root, cuda);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {

@@ -82,7 +82,7 @@ fn measure(
         adam.zero_grad();
         run(true).square().mean(Kind::Float).backward();
         t += 1;
-        adam.step(1e-4, t, 1.0, 0.999);
+        let _ = adam.step(1e-4, t, 1.0, 0.999, &crate::comm::Comm::single());
     });
     (forward_ms, train_ms)
 }

@@ -235,6 +235,7 @@ fn sample_writes_grids_and_trajectory_strips() {
         class: None,
         guidance: None,
         progress: false,
+        comm: Default::default(),
     };
     generate(&teacher, &tpath, &dir.join("store"), &o).unwrap();
     let mut dcfg = DistillConfig::load(

@@ -714,6 +714,7 @@ fn named(e: &dsno::Error, path: &Path, what: &str) -> Result<(), String> {
         let kind = match e {
             dsno::Error::Invalid(_) => "an invalid-input error",
             dsno::Error::Torch(_) => "a libtorch error",
+            dsno::Error::Distributed(_) => "a process-group error",
             dsno::Error::File { .. } => "an error naming another file",
         };
         return Err(format!(
@@ -1748,6 +1749,7 @@ fn options(times: Vec<f64>, count: usize, shard_size: usize, fp16: bool) -> Gene
         class: None,
         guidance: None,
         progress: false,
+        comm: Default::default(),
     }
 }
 

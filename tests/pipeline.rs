@@ -44,6 +44,7 @@ fn toy_dsno_matches_the_teacher_and_beats_kd() {
         class: None,
         guidance: None,
         progress: false,
+        comm: Default::default(),
     };
     generate(&teacher, &tpath, &dir.join("traj"), &o).unwrap();
     let mut dcfg = DistillConfig::load(&root().join("configs/distill-toy2d.toml")).unwrap();

@@ -55,6 +55,7 @@ fn options(count: usize, part: (usize, usize)) -> GenerateOptions {
         class: None,
         guidance: None,
         progress: false,
+        comm: Default::default(),
     }
 }
 

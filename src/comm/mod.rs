@@ -268,7 +268,9 @@ fn check(status: c_int, err: *mut c_char, what: &str) -> Result<()> {
         "unknown error".to_string()
     } else {
         // SAFETY: the shim returns a NUL-terminated malloc'd string, freed here once.
-        let s = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        let s = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
         unsafe { dsno_comm_free_string(err) };
         s
     };
@@ -284,6 +286,7 @@ pub struct Comm {
     world: usize,
     device: Device,
     backend: Backend,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Comm {
@@ -317,6 +320,7 @@ impl Comm {
             world: 1,
             device: Device::Cpu,
             backend: Backend::Gloo,
+            timeout: Duration::ZERO,
         }
     }
 
@@ -374,7 +378,18 @@ impl Comm {
             world: launch.world_size,
             device,
             backend,
+            timeout,
         })
+    }
+
+    /// What a failed collective says: which, where, and the likely cause.
+    fn failed(&self, op: &str) -> String {
+        format!(
+            "{op} on rank {} of {} failed: another rank died, or did not answer within the {} s timeout",
+            self.rank,
+            self.world,
+            self.timeout.as_secs_f64()
+        )
     }
 
     pub fn rank(&self) -> usize {
@@ -403,7 +418,7 @@ impl Comm {
     /// global batch must divide evenly, so that the mean of the ranks' mean gradients is the
     /// full batch's mean gradient.
     pub fn part(&self, n: usize) -> Result<Range<usize>> {
-        if n % self.world != 0 {
+        if !n.is_multiple_of(self.world) {
             return Err(Error::invalid(format!(
                 "batch size {n} does not divide into {} equal parts, one per process",
                 self.world
@@ -446,7 +461,7 @@ impl Comm {
         let mut err = std::ptr::null_mut();
         // SAFETY: g is a live group; t is a live at::Tensor handle.
         let s = unsafe { dsno_comm_all_reduce_sum(g, t.as_mut_ptr() as *mut c_void, &mut err) };
-        check(s, err, &format!("all-reduce on rank {}", self.rank))
+        check(s, err, &self.failed("all-reduce"))
     }
 
     /// Averages `t` over the ranks, in place.
@@ -487,7 +502,7 @@ impl Comm {
         let s = unsafe {
             dsno_comm_broadcast(g, t.as_mut_ptr() as *mut c_void, root as c_int, &mut err)
         };
-        check(s, err, &format!("broadcast on rank {}", self.rank))
+        check(s, err, &self.failed("broadcast"))
     }
 
     /// Returns when every rank has called it.
@@ -498,7 +513,7 @@ impl Comm {
         let mut err = std::ptr::null_mut();
         // SAFETY: g is a live group.
         let s = unsafe { dsno_comm_barrier(g, &mut err) };
-        check(s, err, &format!("barrier on rank {}", self.rank))
+        check(s, err, &self.failed("barrier"))
     }
 
     /// The mean over the ranks of host values (losses, flags): one small all-reduce.
@@ -508,7 +523,9 @@ impl Comm {
         }
         let mut t = Tensor::from_slice(values).to_device(self.device);
         self.all_reduce_mean_(&mut t)?;
-        Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Double))?)
+        Ok(Vec::<f64>::try_from(
+            &t.to_device(Device::Cpu).to_kind(Kind::Double),
+        )?)
     }
 
     /// The sum over the ranks of host counts.

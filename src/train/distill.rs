@@ -17,6 +17,7 @@ use crate::schedule::Schedule;
 use crate::schedule::{check_output_times, MAX_OUTPUT_TIMES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -328,11 +329,14 @@ impl Split {
         })
     }
 
-    /// The training batch of step `step` on the device (float32).
-    fn batch(&self, step: u64) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// This rank's rows `part` of the training batch of step `step` on the device (float32).
+    fn batch(&self, step: u64, part: &Range<usize>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         match &self.source {
             Source::Memory { x, y, c, order } => {
-                let rows: Vec<i64> = order.batch(step).0.iter().map(|&i| i as i64).collect();
+                let rows: Vec<i64> = order.batch(step).0[part.clone()]
+                    .iter()
+                    .map(|&i| i as i64)
+                    .collect();
                 let ix = Tensor::from_slice(&rows).to_device(self.device);
                 Ok((
                     x.index_select(0, &ix),
@@ -340,7 +344,16 @@ impl Split {
                     c.as_ref().map(|c| c.index_select(0, &ix)),
                 ))
             }
-            Source::Stream(s) => Ok(on_device(s.batch(step)?, self.device)),
+            Source::Stream(s) => {
+                let b = s.batch(step)?;
+                let (lo, n) = (part.start as i64, part.len() as i64);
+                let b = StoreBatch {
+                    x_t: b.x_t.narrow(0, lo, n),
+                    targets: b.targets.narrow(0, lo, n),
+                    labels: b.labels.map(|c| c.narrow(0, lo, n)),
+                };
+                Ok(on_device(b, self.device))
+            }
         }
     }
 
@@ -496,8 +509,9 @@ pub fn distill(
     extra_columns.push("val_loss".into());
     let r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
     let log_every = cfg.train.log_every.max(1);
+    let part = run.comm.part(cfg.train.batch_size)?;
     r.run(run.resume, |step| {
-        let (x, y, c) = data.batch(step)?;
+        let (x, y, c) = data.batch(step, &part)?;
         let pt = obj.per_time(&student.forward_labels(&x, c.as_ref(), true)?, &y); // [B, M']
         let mut extra: Vec<f64> =
             Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;

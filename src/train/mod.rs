@@ -9,6 +9,7 @@ pub mod teacher;
 pub mod trajectories;
 
 use crate::checkpoint::{self, CheckpointMeta, TRAIN_PREFIX};
+use crate::comm::Comm;
 use crate::error::{check_field, check_range};
 use crate::rng::splitmix64;
 use crate::util::progress;
@@ -180,6 +181,9 @@ pub struct RunOptions {
     pub overwrite: bool,
     pub device: Device,
     pub progress: bool,
+    /// The data-parallel group (a single process by default): each rank computes its part of
+    /// every global batch, gradients are averaged before the update, rank 0 alone writes.
+    pub comm: Comm,
 }
 
 impl Default for RunOptions {
@@ -190,6 +194,7 @@ impl Default for RunOptions {
             overwrite: false,
             device: Device::Cpu,
             progress: false,
+            comm: Comm::single(),
         }
     }
 }
@@ -216,6 +221,9 @@ pub struct Run<'a> {
     pub progress: bool,
     /// Replace a run already in the folder (when not resuming).
     pub overwrite: bool,
+    /// The data-parallel group: the objective returns the loss of this rank's part of the
+    /// batch ([`Comm::part`]); the run averages gradients and logged values over the ranks.
+    pub comm: Comm,
 }
 
 /// How a run ended.
@@ -247,8 +255,9 @@ impl<'a> Run<'a> {
             meta,
             extra_columns,
             samples_per_step: train.batch_size,
-            progress: opts.progress,
+            progress: opts.progress && opts.comm.is_main(),
             overwrite: opts.overwrite,
+            comm: opts.comm.clone(),
         }
     }
 
@@ -263,7 +272,11 @@ impl<'a> Run<'a> {
         v
     }
 
+    /// Writes the checkpoint and the model (rank 0 only; the others hold the same state).
     fn save(&self, step: u64, adam: &Adam) -> Result<()> {
+        if !self.comm.is_main() {
+            return Ok(());
+        }
         let mut meta = self.meta.clone();
         meta.step = step;
         let mut tensors: Vec<(String, Tensor)> = vec![];
@@ -388,7 +401,7 @@ impl<'a> Run<'a> {
         });
         let mut saved = None;
         let result = self.steps(resume, objective, &mut saved);
-        if result.is_err() && !resume && saved.is_none() {
+        if result.is_err() && !resume && saved.is_none() && self.comm.is_main() {
             match old_log {
                 Some(bytes) => {
                     let _ = crate::util::fsio::write_atomic(&self.files.log(), &bytes);
@@ -419,13 +432,18 @@ impl<'a> Run<'a> {
         saved: &mut Option<u64>,
     ) -> Result<Summary> {
         let cfg = self.train;
-        std::fs::create_dir_all(&self.files.dir).map_err(|e| {
-            Error::file(&self.files.dir, format!("cannot create output folder: {e}"))
-        })?;
+        let comm = &self.comm;
+        if comm.is_main() {
+            std::fs::create_dir_all(&self.files.dir).map_err(|e| {
+                Error::file(&self.files.dir, format!("cannot create output folder: {e}"))
+            })?;
+        }
         let params = self.params();
         if params.is_empty() {
             return Err(Error::invalid("no trainable parameters"));
         }
+        // every rank starts from rank 0's weights
+        comm.broadcast_vars(self.vs, 0)?;
         let mut adam = Adam::new(params, cfg.beta1, cfg.beta2, cfg.eps);
         let start = if resume {
             if !self.files.checkpoint().exists() {
@@ -435,12 +453,21 @@ impl<'a> Run<'a> {
                 ));
             }
             let step = self.restore(&mut adam)?;
+            adam.broadcast(comm, 0)?;
             *saved = Some(step);
             step
         } else {
             0
         };
-        let mut log = CsvLog::open(&self.files.log(), &self.extra_columns, start, resume)?;
+        let mut log = match comm.is_main() {
+            true => Some(CsvLog::open(
+                &self.files.log(),
+                &self.extra_columns,
+                start,
+                resume,
+            )?),
+            false => None,
+        };
         let bar = progress::steps(self.progress, start, cfg.steps);
         let t0 = Instant::now();
         let mut window = (Instant::now(), 0usize);
@@ -448,7 +475,16 @@ impl<'a> Run<'a> {
         for step in start..cfg.steps {
             tch::manual_seed(step_seed(cfg.seed, step));
             let StepLoss { loss, extra } = objective(step)?;
-            let lv = loss.double_value(&[]);
+            // the loss, a stop request and the log columns, averaged over the ranks: every rank
+            // stops (or fails) at the same step
+            let mut host = vec![
+                loss.double_value(&[]),
+                stop_requested().map_or(0.0, f64::from),
+            ];
+            host.extend(&extra);
+            let host = comm.mean_f64(&host)?;
+            let (lv, extra) = (host[0], &host[2..]);
+            let agreed = (host[1] > 0.0).then(|| stop_requested().unwrap_or(15));
             if !lv.is_finite() {
                 bar.abandon();
                 let last = match saved {
@@ -465,17 +501,23 @@ impl<'a> Run<'a> {
             adam.zero_grad();
             loss.backward();
             let lr = learning_rate(cfg.lr, cfg.warmup, &cfg.lr_halve_at, step);
-            let gnorm = adam.step(lr, step + 1, cfg.grad_clip, ema_decay(cfg.ema_decay, step));
+            let decay = ema_decay(cfg.ema_decay, step);
+            let gnorm = adam.step(lr, step + 1, cfg.grad_clip, decay, comm)?;
             last_loss = lv;
             window.1 += self.samples_per_step;
             let done = step + 1;
             if done % cfg.log_every.max(1) == 0 || done == cfg.steps {
                 let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
-                log.row(done, lv, lr, gnorm, rate, &extra)?;
+                if let Some(log) = &mut log {
+                    log.row(done, lv, lr, gnorm, rate, extra)?;
+                }
                 bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
             }
-            let stop = stop_requested();
+            let stop = match comm.world_size() {
+                1 => stop_requested(),
+                _ => agreed,
+            };
             if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop.is_some() {
                 self.save(done, &adam)?;
                 *saved = Some(done);
@@ -483,6 +525,7 @@ impl<'a> Run<'a> {
             bar.inc(1);
             if stop.is_some() {
                 bar.abandon();
+                comm.barrier()?;
                 return Ok(Summary {
                     start_step: start,
                     end_step: done,
@@ -498,6 +541,8 @@ impl<'a> Run<'a> {
             self.save(start, &adam)?;
             *saved = Some(start);
         }
+        // the ranks leave together, after rank 0's last checkpoint
+        comm.barrier()?;
         Ok(Summary {
             start_step: start,
             end_step: cfg.steps.max(start),

@@ -4,6 +4,8 @@
 //! in checkpoints and a resumed run continues bit for bit. The moments and the EMA live in flat
 //! buffers, so an update costs a handful of tensor operations over all parameters at once,
 //! not a dozen per parameter tensor (which dominated the step time of small models).
+use crate::comm::{Comm, BUCKET_ELEMS};
+use crate::Result;
 use tch::{Kind, Tensor};
 
 /// Adam (Kingma & Ba 2015) over a fixed list of parameters, with an EMA of them.
@@ -71,12 +73,14 @@ impl Adam {
         .to_kind(Kind::Float)
     }
 
-    /// Clips the global gradient norm to `max_norm` (0: no clipping), takes one Adam step with
-    /// learning rate `lr` (`t` is the 1-based step, for bias correction) and updates the EMA
-    /// with `decay`. Returns the gradient norm before clipping.
-    pub fn step(&mut self, lr: f64, t: u64, max_norm: f64, decay: f64) -> f64 {
+    /// Averages the gradients over the ranks of `comm` (in buckets), clips the global gradient
+    /// norm to `max_norm` (0: no clipping), takes one Adam step with learning rate `lr` (`t` is
+    /// the 1-based step, for bias correction) and updates the EMA with `decay`. Returns the
+    /// gradient norm before clipping.
+    pub fn step(&mut self, lr: f64, t: u64, max_norm: f64, decay: f64, comm: &Comm) -> Result<f64> {
         let _g = tch::no_grad_guard();
         let mut g = self.grads();
+        comm.all_reduce_mean_flat(&g, BUCKET_ELEMS)?;
         let norm = g.norm().double_value(&[]);
         if max_norm > 0.0 && norm > max_norm {
             g *= max_norm / (norm + 1e-6);
@@ -96,7 +100,23 @@ impl Adam {
         }
         let ema = &self.ema * decay + new * (1.0 - decay);
         self.ema.copy_(&ema);
-        norm
+        Ok(norm)
+    }
+
+    /// Makes the parameters, moments and EMA rank `root`'s (after a resume, in case the ranks
+    /// read different copies of the checkpoint).
+    pub fn broadcast(&mut self, comm: &Comm, root: usize) -> Result<()> {
+        if comm.world_size() == 1 {
+            return Ok(());
+        }
+        let _g = tch::no_grad_guard();
+        for (_, p) in &mut self.params {
+            comm.broadcast_(p, root)?;
+        }
+        for buf in [&mut self.m, &mut self.v, &mut self.ema] {
+            comm.broadcast_(buf, root)?;
+        }
+        Ok(())
     }
 }
 

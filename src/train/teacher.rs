@@ -298,6 +298,9 @@ pub fn train_labeled(
     };
     let b = cfg.train.batch_size as i64;
     let null = cfg.model.num_classes().unwrap_or(0);
+    // every rank draws the whole global batch from the step's seed and trains on its rows
+    let part = run.comm.part(cfg.train.batch_size)?;
+    let (lo, len) = (part.start as i64, part.len() as i64);
     Run::new(&vs, &cfg.train, run, meta, vec![]).run(resume, |step| {
         let (x, y) = match (&data, &labels) {
             (Some(d), Some(l)) => {
@@ -318,6 +321,16 @@ pub fn train_labeled(
             let drop = Tensor::rand([b], (Kind::Float, y.device())).lt(cfg.label_dropout);
             y.where_self(&drop.logical_not(), &Tensor::full_like(&y, null))
         });
+        let mine = |t: &Tensor| t.narrow(0, lo, len);
+        let (x, z, a, s, t_in, w) = (
+            mine(&x),
+            mine(&z),
+            mine(&a),
+            mine(&s),
+            mine(&t_in),
+            mine(&w),
+        );
+        let y = y.as_ref().map(mine);
         let out = net.forward_labels(&z, &t_in, y.as_ref(), true)?;
         let x_hat = x_hat_of(cfg.prediction, out, &z, &a, &s);
         let dims: Vec<i64> = (1..x.dim() as i64).collect();

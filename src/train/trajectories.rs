@@ -5,6 +5,7 @@
 //! killed resumes by keeping every complete, valid shard; a shard that does not load or does not
 //! hold what the manifest says is reported by name and regenerated.
 use crate::checkpoint::file_hash;
+use crate::comm::Comm;
 use crate::data::store::{load_shard, save_shard, shard_path, Manifest, Shard, FORMAT};
 use crate::denoiser::{Denoiser, Guided};
 use crate::model::Teacher;
@@ -45,6 +46,10 @@ pub struct GenerateOptions {
     /// conditional model).
     pub guidance: Option<f64>,
     pub progress: bool,
+    /// A data-parallel group: rank r of W makes the shards j ≡ k + n·r (mod n·W) of its `part`
+    /// (k, n); rank 0 writes the manifest, the others wait for it, and every rank returns the
+    /// whole group's counts.
+    pub comm: Comm,
 }
 
 impl Default for GenerateOptions {
@@ -64,6 +69,7 @@ impl Default for GenerateOptions {
             class: None,
             guidance: None,
             progress: false,
+            comm: Comm::single(),
         }
     }
 }
@@ -119,8 +125,15 @@ pub fn generate(
     let existed = dir.exists();
     let manifest = dir.join("manifest.json");
     let had_manifest = manifest.exists();
-    let result = generate_into(teacher, teacher_path, dir, o);
-    if result.is_err() && !had_manifest && !has_shards(dir) {
+    let comm = &o.comm;
+    let result = generate_into(teacher, teacher_path, dir, o).and_then(|mut s| {
+        // the store is complete when every rank is done; the counts are the group's
+        comm.barrier()?;
+        let n = comm.sum_u64(&[s.made as u64, s.samples as u64, s.kept as u64])?;
+        (s.made, s.samples, s.kept) = (n[0] as usize, n[1] as usize, n[2] as usize);
+        Ok(s)
+    });
+    if result.is_err() && !had_manifest && !has_shards(dir) && comm.is_main() {
         let _ = std::fs::remove_file(&manifest);
         if !existed {
             let _ = std::fs::remove_dir(dir);
@@ -157,6 +170,8 @@ fn generate_into(
             "part {k} of {n}: expected 0 ≤ k < n"
         )));
     }
+    let comm = &o.comm;
+    let (k, n) = (k + n * comm.rank(), n * comm.world_size());
     check_steps("steps", o.steps)?;
     check_output_times("output times", &o.times)?;
     let classes = teacher.num_classes().map(|k| k as usize);
@@ -189,26 +204,24 @@ fn generate_into(
         guidance: classes.map(|_| o.guidance.unwrap_or(1.0)),
     };
     manifest.validate()?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
-    let mpath = dir.join("manifest.json");
-    if mpath.exists() {
+    if comm.is_main() {
+        write_manifest(dir, &manifest)?;
+    }
+    // the other ranks read the manifest that rank 0 wrote (or found)
+    comm.barrier()?;
+    if !comm.is_main() {
         let old = Manifest::load(dir)?;
         if old != manifest {
             return Err(Error::file(
-                &mpath,
+                dir.join("manifest.json"),
                 format!(
-                    "this store was made with other settings; use another folder or the same settings\n  store:     {}\n  requested: {}",
-                    serde_json::to_string(&old).unwrap_or_default(),
-                    serde_json::to_string(&manifest).unwrap_or_default()
+                    "rank {}: the store's manifest differs from this rank's settings",
+                    comm.rank()
                 ),
             ));
         }
-    } else {
-        let text =
-            serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid(e.to_string()))?;
-        write_atomic(&mpath, text.as_bytes())?;
     }
+    let bar = o.progress && comm.is_main();
     let mine: Vec<usize> = (0..manifest.shards()).filter(|j| j % n == k).collect();
     let mut summary = GenerateSummary::default();
     let mut todo = vec![];
@@ -228,7 +241,7 @@ fn generate_into(
         .iter()
         .map(|&j| manifest.shard_range(j).1 - manifest.shard_range(j).0)
         .sum();
-    let bar = progress::samples(o.progress, total as u64, "trajectories");
+    let bar = progress::samples(bar, total as u64, "trajectories");
     let t0 = std::time::Instant::now();
     let lambdas = Tensor::from_slice(
         &o.times
@@ -288,4 +301,29 @@ fn generate_into(
     bar.finish_and_clear();
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Writes the store's manifest, or checks the one already in `dir` against it.
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create folder: {e}")))?;
+    let mpath = dir.join("manifest.json");
+    if mpath.exists() {
+        let old = Manifest::load(dir)?;
+        if old != *manifest {
+            return Err(Error::file(
+                &mpath,
+                format!(
+                    "this store was made with other settings; use another folder or the same settings\n  store:     {}\n  requested: {}",
+                    serde_json::to_string(&old).unwrap_or_default(),
+                    serde_json::to_string(&manifest).unwrap_or_default()
+                ),
+            ));
+        }
+    } else {
+        let text =
+            serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&mpath, text.as_bytes())?;
+    }
+    Ok(())
 }

@@ -1,14 +1,60 @@
 //! What several subcommands share: the device flag, a training run's arguments and summary,
 //! where data sets are found, raw sample output.
 use anyhow::Result;
+use dsno::comm::{Comm, Launch};
 use dsno::train::{RunOptions, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 use tch::{Device, Tensor};
 
-/// `--device`: auto, cpu, cuda or cuda:N.
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    dsno::device::parse_device(s).map_err(|e| e.to_string())
+/// `--device`: auto, cpu, cuda or cuda:N, checked when parsed; the name is kept, so that a
+/// process of a data-parallel group can put `auto` and `cuda` on its own GPU.
+#[derive(Debug, Clone)]
+pub struct DeviceArg {
+    pub name: String,
+    pub device: Device,
+}
+
+pub fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    let device = dsno::device::parse_device(s).map_err(|e| e.to_string())?;
+    Ok(DeviceArg {
+        name: s.to_string(),
+        device,
+    })
+}
+
+/// The device and the data-parallel group of a training command. Without a launcher (or with a
+/// world size of 1) a single process on `--device`. Under `torchrun` or `srun` (docs: README
+/// "Running on many GPUs"), the process joins the group the environment describes, over NCCL on
+/// `cuda:LOCAL_RANK` (for `--device auto` with a GPU, `cuda` or `gpu`; an explicit `cuda:N`
+/// stays) or over Gloo on the CPU; `timeout` bounds the rendezvous and every collective.
+pub fn join_group(arg: &DeviceArg, timeout: Duration) -> Result<(Device, Comm)> {
+    let Some(launch) = Launch::from_vars(|k| std::env::var(k).ok())? else {
+        return Ok((arg.device, Comm::single()));
+    };
+    let device = match (arg.name.as_str(), arg.device) {
+        ("auto" | "cuda" | "gpu", Device::Cuda(_)) => {
+            dsno::device::parse_device(&format!("cuda:{}", launch.local_rank))?
+        }
+        (_, d) => d,
+    };
+    let comm = Comm::connect(&launch, device, timeout)?;
+    Ok((device, comm))
+}
+
+/// `device`, and the process's rank in a group of more than one.
+pub fn describe_place(device: Device, comm: &Comm) -> String {
+    match comm.world_size() {
+        1 => describe(device),
+        w => format!(
+            "{} · rank {} of {} ({})",
+            describe(device),
+            comm.rank(),
+            w,
+            comm.backend().name()
+        ),
+    }
 }
 
 pub fn describe(device: Device) -> String {
@@ -34,32 +80,37 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn options(&self, device: Device) -> RunOptions {
+    pub fn options(&self, device: Device, comm: &Comm) -> RunOptions {
         RunOptions {
             out: self.out.clone(),
             resume: self.resume,
             overwrite: self.overwrite,
             device,
             progress: true,
+            comm: comm.clone(),
         }
     }
 
-    /// Prints how the run went; a run stopped by a signal exits with status 128 + the signal
-    /// (130 for SIGINT, 143 for SIGTERM).
-    pub fn report(&self, s: &Summary) -> ExitCode {
-        println!(
-            "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
-            s.start_step,
-            s.end_step,
-            s.seconds,
-            s.last_loss,
-            self.out.join("model.safetensors").display()
-        );
-        if let Some(sig) = s.stopped {
-            eprintln!("stopped by signal {sig}; checkpoint saved (continue with --resume)");
-            return ExitCode::from((128 + sig) as u8);
+    /// Prints how the run went (rank 0 of a group); a run stopped by a signal exits with
+    /// status 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+    pub fn report(&self, s: &Summary, comm: &Comm) -> ExitCode {
+        if comm.is_main() {
+            println!(
+                "trained steps {}..{} in {:.1} s, last loss {:.5} → {}",
+                s.start_step,
+                s.end_step,
+                s.seconds,
+                s.last_loss,
+                self.out.join("model.safetensors").display()
+            );
         }
-        ExitCode::SUCCESS
+        if let (Some(sig), true) = (s.stopped, comm.is_main()) {
+            eprintln!("stopped by signal {sig}; checkpoint saved (continue with --resume)");
+        }
+        match s.stopped {
+            Some(sig) => ExitCode::from((128 + sig) as u8),
+            None => ExitCode::SUCCESS,
+        }
     }
 }
 

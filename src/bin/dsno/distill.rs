@@ -1,6 +1,7 @@
 //! `dsno distill`: a DSNO operator or the KD baseline from a trajectory store.
-use crate::common::{describe, RunArgs};
+use crate::common::{describe_place, RunArgs};
 use anyhow::Result;
+use dsno::comm::Comm;
 use dsno::operator::Method;
 use dsno::train::distill::{distill, DistillConfig};
 use std::path::PathBuf;
@@ -31,24 +32,26 @@ pub struct Args {
     run: RunArgs,
 }
 
-pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
     let mut cfg = DistillConfig::load(&a.config)?;
     cfg.method = a.method.unwrap_or(cfg.method);
     cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
-    println!(
-        "distill ({:?}): {} steps of {} on {}",
-        cfg.method,
-        cfg.train.steps,
-        cfg.train.batch_size,
-        describe(device)
-    );
+    if comm.is_main() {
+        println!(
+            "distill ({:?}): {} steps of {} on {}",
+            cfg.method,
+            cfg.train.steps,
+            cfg.train.batch_size,
+            describe_place(device, comm)
+        );
+    }
     dsno::train::install_stop_handler();
     let s = distill(
         &cfg,
         &a.teacher,
         &a.trajectories,
         a.init.as_deref(),
-        &a.run.options(device),
+        &a.run.options(device, comm),
     )?;
-    Ok(a.run.report(&s))
+    Ok(a.run.report(&s, comm))
 }

@@ -26,7 +26,11 @@ use std::process::ExitCode;
 struct Cli {
     /// Where to compute: auto (CUDA when libtorch sees a GPU, else CPU), cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto", value_parser = common::parse_device)]
-    device: tch::Device,
+    device: common::DeviceArg,
+    /// Seconds that the processes of a data-parallel run (torchrun, srun) wait for each other,
+    /// at the start and in every collective, before a rank that died or hangs fails the run.
+    #[arg(long, global = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    dist_timeout: u64,
     /// CPU threads for libtorch (default: libtorch's choice, all cores).
     #[arg(long, global = true, value_parser = clap::value_parser!(i32).range(1..=4096))]
     threads: Option<i32>,
@@ -109,12 +113,15 @@ fn run() -> ExitCode {
     if let Some(n) = cli.threads {
         tch::set_num_threads(n);
     }
-    let device = cli.device;
+    let device = cli.device.device;
+    // the training commands join the data-parallel group a launcher describes, if any
+    let timeout = std::time::Duration::from_secs(cli.dist_timeout);
+    let group = || common::join_group(&cli.device, timeout);
     let result = match cli.command {
         Command::Sample(a) => sample::run(a, device),
-        Command::TrainTeacher(a) => train_teacher::run(a, device),
-        Command::Trajectories(a) => trajectories::run(a, device),
-        Command::Distill(a) => distill::run(a, device),
+        Command::TrainTeacher(a) => group().and_then(|(d, c)| train_teacher::run(a, d, &c)),
+        Command::Trajectories(a) => group().and_then(|(d, c)| trajectories::run(a, d, &c)),
+        Command::Distill(a) => group().and_then(|(d, c)| distill::run(a, d, &c)),
         Command::Eval(a) => eval::run(a, device),
         Command::FidRef(a) => fid::run_ref(a, device),
         Command::Fid(a) => fid::run(a, device),

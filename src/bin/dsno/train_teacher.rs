@@ -1,6 +1,7 @@
 //! `dsno train-teacher`: a diffusion teacher from a TOML config.
-use crate::common::{data_dir, describe, RunArgs};
+use crate::common::{data_dir, describe_place, RunArgs};
 use anyhow::Result;
+use dsno::comm::Comm;
 use dsno::train::teacher::{train_labeled, DataConfig, TeacherConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ pub struct Args {
     init: Option<PathBuf>,
 }
 
-pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
     let mut cfg = TeacherConfig::load(&a.config)?;
     cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
     let dir = match &cfg.data {
@@ -35,22 +36,24 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         Some(_) => Some(cfg.data.load_labels(dir.as_deref())?),
         None => None,
     };
-    println!(
-        "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
-        cfg.model.num_params(),
-        data.size()[0],
-        cfg.data.name(),
-        cfg.train.steps,
-        cfg.train.batch_size,
-        describe(device)
-    );
+    if comm.is_main() {
+        println!(
+            "teacher: {} parameters, {} samples of {}, {} steps of {} on {}",
+            cfg.model.num_params(),
+            data.size()[0],
+            cfg.data.name(),
+            cfg.train.steps,
+            cfg.train.batch_size,
+            describe_place(device, comm)
+        );
+    }
     dsno::train::install_stop_handler();
     let s = train_labeled(
         &cfg,
         data,
         labels,
-        &a.run.options(device),
+        &a.run.options(device, comm),
         a.init.as_deref(),
     )?;
-    Ok(a.run.report(&s))
+    Ok(a.run.report(&s, comm))
 }

@@ -1,5 +1,6 @@
 //! `dsno trajectories`: the teacher's ODE solved from seeded noise, stored in shards.
 use anyhow::{Context, Result};
+use dsno::comm::Comm;
 use dsno::model::Teacher;
 use dsno::solver::Solver;
 use dsno::train::trajectories::{generate, GenerateOptions};
@@ -58,7 +59,7 @@ fn parse_part(s: &str) -> Result<(usize, usize)> {
         .with_context(|| format!("`{s}`: expected k/n, e.g. 0/3"))
 }
 
-pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
     let teacher = Teacher::load(&a.teacher, device)?;
     let o = GenerateOptions {
         solver: a.solver,
@@ -73,15 +74,20 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         class: a.class,
         guidance: a.guidance,
         progress: true,
+        comm: comm.clone(),
     };
     dsno::train::install_stop_handler();
     let s = generate(&teacher, &a.teacher, &a.out, &o)?;
+    if !comm.is_main() {
+        return Ok(stopped(s.stopped, false));
+    }
     for why in &s.regenerated {
         eprintln!("regenerated: {why}");
     }
     println!(
-        "trajectories → {}: {} shards made ({} samples, {} NFE each, {:.1} s, {:.1} samples/s), {} kept, {} regenerated",
+        "trajectories → {} on {}: {} shards made ({} samples, {} NFE each, {:.1} s, {:.1} samples/s), {} kept, {} regenerated",
         a.out.display(),
+        crate::common::describe_place(device, comm),
         s.made,
         s.samples,
         s.nfe_per_sample,
@@ -90,13 +96,20 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         s.kept,
         s.regenerated.len()
     );
-    Ok(match s.stopped {
+    Ok(stopped(s.stopped, true))
+}
+
+/// The exit status of a run stopped by a signal (said on stderr when `say`), or success.
+fn stopped(signal: Option<i32>, say: bool) -> ExitCode {
+    match signal {
         Some(sig) => {
-            eprintln!(
-                "stopped by signal {sig} after a complete shard; run again to complete the store"
-            );
+            if say {
+                eprintln!(
+                    "stopped by signal {sig} after a complete shard; run again to complete the store"
+                );
+            }
             ExitCode::from((128 + sig) as u8)
         }
         None => ExitCode::SUCCESS,
-    })
+    }
 }
