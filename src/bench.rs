@@ -1,6 +1,7 @@
 //! `dsno bench engine`: forward and training-step time of the U-Net and of the DSNO operator,
 //! with images/s and achieved GFLOP/s, optionally against the plain PyTorch reference
-//! (`bench/reference.py`) measured in the same run.
+//! (`bench/reference.py`) measured in the same run. `dsno bench comm`: the data-parallel
+//! step's gradient all-reduce over the c10d group, against the step it serves.
 use crate::nn::timeconv::DftPath;
 use crate::nn::ModelConfig;
 use crate::operator::{Operator, OperatorConfig};
@@ -127,16 +128,8 @@ pub fn engine(model: &ModelConfig, spec: Spec) -> Result<Vec<Timing>> {
         flops: batch as f64 * net.flops_per_sample(),
     });
 
-    let times: Vec<f64> = (0..slots)
-        .map(|m| (slots - 1 - m) as f64 / slots as f64)
-        .collect();
     let vs = nn::VarStore::new(device);
-    let cfg = OperatorConfig {
-        backbone: model.clone(),
-        times,
-        modes,
-    };
-    let mut op = Operator::new(&vs.root(), &cfg, Schedule::vp_cosine())?;
+    let mut op = operator(&vs, model, slots, modes)?;
     for (path, name) in [
         (DftPath::Matmul, "matmul DFT"),
         (DftPath::Fft, "rfft"),
@@ -153,6 +146,109 @@ pub fn engine(model: &ModelConfig, spec: Spec) -> Result<Vec<Timing>> {
         });
     }
     Ok(out)
+}
+
+/// The DSNO operator over `model` with `slots` output times (uniform in t) and `modes`.
+fn operator(vs: &nn::VarStore, model: &ModelConfig, slots: i64, modes: i64) -> Result<Operator> {
+    let times: Vec<f64> = (0..slots)
+        .map(|m| (slots - 1 - m) as f64 / slots as f64)
+        .collect();
+    let cfg = OperatorConfig {
+        backbone: model.clone(),
+        times,
+        modes,
+    };
+    Operator::new(&vs.root(), &cfg, Schedule::vp_cosine())
+}
+
+/// What `dsno bench comm` measured on one rank.
+#[derive(Debug, Clone)]
+pub struct CommTiming {
+    pub world: usize,
+    pub backend: &'static str,
+    /// Gradient elements (float32) averaged per step: the operator's trainable parameters.
+    pub elems: i64,
+    /// Median time of the gradient all-reduce (in buckets, as training does it).
+    pub all_reduce_ms: f64,
+    /// Median time of one operator training step on this rank's part of the batch (forward,
+    /// backward, Adam), without the all-reduce.
+    pub step_ms: f64,
+    /// Images per rank per step.
+    pub batch: i64,
+}
+
+impl CommTiming {
+    /// The gradient's bytes.
+    pub fn bytes(&self) -> f64 {
+        self.elems as f64 * 4.0
+    }
+    /// Algorithm bandwidth: bytes / time, GB/s.
+    pub fn algbw(&self) -> f64 {
+        self.bytes() / (self.all_reduce_ms * 1e6)
+    }
+    /// Bus bandwidth (nccl-tests' definition for all-reduce): algbw · 2(W − 1)/W, the rate each
+    /// link carries in a ring; 0 for one rank.
+    pub fn busbw(&self) -> f64 {
+        let w = self.world as f64;
+        self.algbw() * 2.0 * (w - 1.0) / w
+    }
+
+    /// A markdown table of the measurement.
+    pub fn table(&self) -> String {
+        let step = self.step_ms + self.all_reduce_ms;
+        format!(
+            "| world | backend | gradient | all-reduce ms | algbw GB/s | busbw GB/s | step ms (batch {b}/rank) | step + all-reduce ms | all-reduce share |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {:.2} MB ({} floats) | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} % |\n",
+            self.world,
+            self.backend,
+            self.bytes() / 1e6,
+            self.elems,
+            self.all_reduce_ms,
+            self.algbw(),
+            self.busbw(),
+            self.step_ms,
+            step,
+            100.0 * self.all_reduce_ms / step,
+            b = self.batch,
+        )
+    }
+}
+
+/// Times the data-parallel step's communication on `comm`: the all-reduce of the gradient of the
+/// DSNO operator over `model` (float32, in [`crate::comm::BUCKET_ELEMS`] buckets) and, for
+/// comparison, the operator's training step on `spec.batch` images. Every rank of the group
+/// must call it with the same arguments.
+pub fn comm(comm: &crate::comm::Comm, model: &ModelConfig, spec: Spec) -> Result<CommTiming> {
+    let device = comm.device();
+    let vs = nn::VarStore::new(spec.device);
+    let op = operator(&vs, model, spec.slots, spec.modes)?;
+    let elems: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    let grad = Tensor::randn([elems], (Kind::Float, device));
+    let mut failed = None;
+    let all_reduce_ms = median_ms(spec.iters, device, || {
+        if let Err(e) = comm.all_reduce_mean_flat(&grad, crate::comm::BUCKET_ELEMS) {
+            failed.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    comm.barrier()?;
+    let mut shape = vec![spec.batch];
+    shape.extend(model.sample_shape());
+    let x = Tensor::randn(shape.as_slice(), (Kind::Float, spec.device));
+    let (_, step_ms) = measure(&vs, spec.iters, spec.device, |train| op.forward(&x, train));
+    Ok(CommTiming {
+        world: comm.world_size(),
+        backend: comm.backend().name(),
+        elems,
+        all_reduce_ms,
+        step_ms,
+        batch: spec.batch,
+    })
 }
 
 /// Runs `bench/reference.py` with `python` on the same configuration; returns its JSON.

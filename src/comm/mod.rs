@@ -466,7 +466,7 @@ impl Comm {
 
     /// Averages `t` over the ranks, in place.
     pub fn all_reduce_mean_(&self, t: &mut Tensor) -> Result<()> {
-        if self.world == 1 {
+        if self.group.is_none() {
             return Ok(());
         }
         self.all_reduce_sum_(t)?;
@@ -478,7 +478,7 @@ impl Comm {
     /// Averages a flat (1-D, contiguous) tensor over the ranks in buckets of `bucket` elements,
     /// as DistributedDataParallel averages gradients.
     pub fn all_reduce_mean_flat(&self, flat: &Tensor, bucket: i64) -> Result<()> {
-        if self.world == 1 {
+        if self.group.is_none() {
             return Ok(());
         }
         let n = flat.numel() as i64;

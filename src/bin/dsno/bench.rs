@@ -1,15 +1,22 @@
 //! `dsno bench engine`: U-Net and operator timings, optionally against plain PyTorch.
-use crate::common::describe;
+//! `dsno bench comm`: the gradient all-reduce of data-parallel training (under torchrun or srun
+//! for a world of several processes; alone, a group of one).
+use crate::common::{describe, describe_place, DeviceArg};
 use anyhow::Result;
+use dsno::comm::{Comm, Launch};
 use dsno::train::teacher::TeacherConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use tch::Device;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum What {
     /// The U-Net and the DSNO operator: forward and training-step time.
     Engine,
+    /// The all-reduce of the operator's gradient over the process group, and the training step
+    /// it serves (`--batch` images per rank).
+    Comm,
 }
 
 #[derive(clap::Args, Debug)]
@@ -43,8 +50,62 @@ pub struct Args {
     script: PathBuf,
 }
 
-pub fn run(a: Args, device: Device) -> Result<ExitCode> {
-    let What::Engine = a.what;
+pub fn run(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
+    match a.what {
+        What::Engine => engine(a, device.device),
+        What::Comm => comm(a, device, timeout),
+    }
+}
+
+fn spec(a: &Args, device: Device) -> dsno::bench::Spec {
+    dsno::bench::Spec {
+        batch: a.batch,
+        slots: a.slots,
+        modes: a.modes,
+        iters: a.iters as usize,
+        device,
+    }
+}
+
+fn comm(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
+    let cfg = TeacherConfig::load(&a.config)?;
+    let (device, comm) = match Launch::from_vars(|k| std::env::var(k).ok())? {
+        Some(_) => crate::common::join_group(device, timeout)?,
+        None => {
+            // alone: a group of one on this machine (the backend's own cost, NCCL's included)
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let one = Launch {
+                rank: 0,
+                local_rank: 0,
+                world_size: 1,
+                master_addr: "127.0.0.1".into(),
+                master_port: port,
+                agent_store: false,
+                restart: 0,
+                launcher: "none",
+            };
+            let d = device.device;
+            (d, Comm::connect(&one, d, timeout)?)
+        }
+    };
+    let t = dsno::bench::comm(&comm, &cfg.model, spec(&a, device))?;
+    if comm.is_main() {
+        println!(
+            "dsno bench comm: the DSNO operator of {} (M = {}, modes {}), {} iterations (median), {}\n",
+            a.config.display(),
+            a.slots,
+            a.modes,
+            a.iters,
+            describe_place(device, &comm)
+        );
+        print!("{}", t.table());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn engine(a: Args, device: Device) -> Result<ExitCode> {
     let cfg = TeacherConfig::load(&a.config)?;
     println!(
         "dsno bench engine: {} ({} parameters), batch {}, M = {}, modes {}, {} iterations (median), device {}",
@@ -56,13 +117,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         a.iters,
         describe(device)
     );
-    let spec = dsno::bench::Spec {
-        batch: a.batch,
-        slots: a.slots,
-        modes: a.modes,
-        iters: a.iters as usize,
-        device,
-    };
+    let spec = spec(&a, device);
     let rows = dsno::bench::engine(&cfg.model, spec)?;
     print!("{}", dsno::bench::table(&rows));
     if a.vs_pytorch {

@@ -125,7 +125,7 @@ fn run() -> ExitCode {
         Command::Eval(a) => eval::run(a, device),
         Command::FidRef(a) => fid::run_ref(a, device),
         Command::Fid(a) => fid::run(a, device),
-        Command::Bench(a) => bench::run(a, device),
+        Command::Bench(a) => bench::run(a, &cli.device, timeout),
         Command::Export(a) => export::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a, device),
         Command::Data(a) => data::run(a),
