@@ -251,6 +251,57 @@ pub fn comm(comm: &crate::comm::Comm, model: &ModelConfig, spec: Spec) -> Result
     })
 }
 
+/// What `dsno bench store` measured: the streaming reader's batches.
+#[derive(Debug, Clone)]
+pub struct StoreRead {
+    pub batches: u64,
+    pub samples: usize,
+    /// Bytes of x_T and targets handed to the trainer (as stored: float16 or float32).
+    pub bytes: f64,
+    pub seconds: f64,
+    /// Shard files read.
+    pub shard_loads: usize,
+    /// The reader's peak of shard bytes held.
+    pub peak_bytes: usize,
+}
+
+impl StoreRead {
+    pub fn samples_per_s(&self) -> f64 {
+        self.samples as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Reads `steps` training batches of `batch` from the store in `dir` through the streaming
+/// reader of distillation (`shuffle_shards` shards per buffer, order of `seed`), on the host: the
+/// input pipeline's rate, to set against the trainer's samples/s (`dsno bench engine`).
+pub fn store_read(
+    dir: &std::path::Path,
+    shuffle_shards: usize,
+    batch: usize,
+    steps: u64,
+    seed: u64,
+) -> Result<StoreRead> {
+    let m = crate::data::store::Manifest::load(dir)?;
+    let s = crate::data::store::StreamingStore::open(dir, m.count, shuffle_shards, batch, seed)?;
+    let t = Instant::now();
+    let (mut samples, mut bytes) = (0usize, 0f64);
+    for step in 0..steps {
+        let b = s.batch(step)?;
+        samples += b.x_t.size()[0] as usize;
+        for x in [&b.x_t, &b.targets] {
+            bytes += (x.numel() * x.kind().elt_size_in_bytes()) as f64;
+        }
+    }
+    Ok(StoreRead {
+        batches: steps,
+        samples,
+        bytes,
+        seconds: t.elapsed().as_secs_f64(),
+        shard_loads: s.shard_loads(),
+        peak_bytes: s.peak_bytes(),
+    })
+}
+
 /// Runs `bench/reference.py` with `python` on the same configuration; returns its JSON.
 pub fn pytorch_reference(
     python: &std::path::Path,

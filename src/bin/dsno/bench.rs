@@ -17,6 +17,9 @@ enum What {
     /// The all-reduce of the operator's gradient over the process group, and the training step
     /// it serves (`--batch` images per rank).
     Comm,
+    /// The streaming store reader: training batches of `--batch` read from `--trajectories`
+    /// (`--iters` of them), samples/s and MB/s.
+    Store,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,13 +51,40 @@ pub struct Args {
     /// The PyTorch reference script.
     #[arg(long, default_value = "bench/reference.py")]
     script: PathBuf,
+    /// `store`: the trajectory store to read.
+    #[arg(long)]
+    trajectories: Option<PathBuf>,
+    /// `store`: shards per shuffle buffer.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    shuffle_shards: u64,
 }
 
 pub fn run(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
     match a.what {
         What::Engine => engine(a, device.device),
         What::Comm => comm(a, device, timeout),
+        What::Store => store(a),
     }
+}
+
+fn store(a: Args) -> Result<ExitCode> {
+    let dir = a
+        .trajectories
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("bench store needs --trajectories <store folder>"))?;
+    let (batch, buffer) = (a.batch as usize, a.shuffle_shards as usize);
+    let r = dsno::bench::store_read(dir, buffer, batch, a.iters, 0)?;
+    println!(
+        "dsno bench store: {} batches of {batch} from {} ({buffer} shards per buffer): {:.2} s, {:.0} samples/s, {:.1} MB/s; {} shard reads, peak {:.1} MB of shards held",
+        r.batches,
+        dir.display(),
+        r.seconds,
+        r.samples_per_s(),
+        r.bytes / 1e6 / r.seconds.max(1e-9),
+        r.shard_loads,
+        r.peak_bytes as f64 / 1e6
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn spec(a: &Args, device: Device) -> dsno::bench::Spec {
