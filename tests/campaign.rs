@@ -34,7 +34,8 @@ fn window(dir: &Path, name: &str, input: Option<&str>, env: &[(&str, &str)]) -> 
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "window {name}: {text}");
-    std::fs::read_to_string(dir.join(format!("out-{name}/progress.log"))).unwrap()
+    std::fs::read_to_string(dir.join(format!("out-{name}/progress.log")))
+        .unwrap_or_else(|e| panic!("window {name} left no progress.log ({e}):\n{text}"))
 }
 
 #[test]

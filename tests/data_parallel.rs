@@ -19,14 +19,18 @@ use std::time::{Duration, Instant};
 const TOL: f64 = 1e-4;
 const NORM_TOL: f64 = 1e-5;
 
-/// Starts `dsno` as `world` ranks of one group (each on one CPU thread).
-fn spawn_ranks(world: usize, args: &[&str]) -> Vec<std::process::Child> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-        .to_string();
+}
+
+/// Starts `dsno` as `world` ranks of one group (each on one CPU thread).
+fn spawn_ranks(world: usize, args: &[&str]) -> Vec<std::process::Child> {
+    let port = free_port().to_string();
     (0..world)
         .map(|r| {
             Command::new(env!("CARGO_BIN_EXE_dsno"))
@@ -259,6 +263,58 @@ fn two_ranks_train_the_toy_teacher_and_distil_it_like_one_process() {
         &["train-teacher", "--config", &cfg, "--out", "{out}"],
     );
     assert_equivalent(&t1, &t2, "toy teacher");
+    // two ranks that stop after 10 steps and resume end where two ranks that ran through end
+    let half = dir.join("teacher-2-resumed");
+    let half_s = half.to_str().unwrap();
+    for args in [
+        vec![
+            "train-teacher",
+            "--config",
+            &cfg,
+            "--out",
+            half_s,
+            "--steps",
+            "10",
+        ],
+        vec![
+            "train-teacher",
+            "--config",
+            &cfg,
+            "--out",
+            half_s,
+            "--resume",
+        ],
+    ] {
+        for (r, o) in ranks(2, &args).iter().enumerate() {
+            ok(o, &format!("resumed teacher, rank {r}"));
+        }
+    }
+    common::assert_same_run_files(&t2, &half);
+    // torchrun (its agent hosts the store: TORCHELASTIC_USE_AGENT_STORE) gives the same bits
+    let tr = dir.join("teacher-torchrun");
+    let torchrun = common::root().join(".venv/bin/torchrun");
+    let o = Command::new(&torchrun)
+        .args(["--nproc-per-node", "2", "--master-port"])
+        .arg(free_port().to_string())
+        .args([
+            "--no-python",
+            env!("CARGO_BIN_EXE_dsno"),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .args([
+            "train-teacher",
+            "--config",
+            &cfg,
+            "--out",
+            tr.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh installs it)", torchrun.display()));
+    ok(&o, "torchrun");
+    common::assert_same_run_files(&t2, &tr);
     let teacher = t1.join("model.safetensors");
     let teacher = teacher.to_str().unwrap();
     let store = |out: &str| {

@@ -116,7 +116,11 @@ fn run() -> ExitCode {
     let device = cli.device.device;
     // the training commands join the data-parallel group a launcher describes, if any
     let timeout = std::time::Duration::from_secs(cli.dist_timeout);
-    let group = || common::join_group(&cli.device, timeout);
+    let group = || {
+        // a SIGTERM from here on (a scheduler's, `timeout`'s) stops the run after a saved step
+        dsno::train::install_stop_handler();
+        common::join_group(&cli.device, timeout)
+    };
     let result = match cli.command {
         Command::Sample(a) => sample::run(a, device),
         Command::TrainTeacher(a) => group().and_then(|(d, c)| train_teacher::run(a, d, &c)),

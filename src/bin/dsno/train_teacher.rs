@@ -47,7 +47,6 @@ pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
             describe_place(device, comm)
         );
     }
-    dsno::train::install_stop_handler();
     let s = train_labeled(
         &cfg,
         data,

@@ -76,7 +76,6 @@ pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
         progress: true,
         comm: comm.clone(),
     };
-    dsno::train::install_stop_handler();
     let s = generate(&teacher, &a.teacher, &a.out, &o)?;
     if !comm.is_main() {
         return Ok(stopped(s.stopped, false));
