@@ -139,6 +139,11 @@ fn ranks(scenario: &str, world: usize) -> Vec<Child> {
                 .env("WORLD_SIZE", world.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
+                // the collectives pick their interface by name, the others by the store's address
+                .env(
+                    "GLOO_SOCKET_IFNAME",
+                    if scenario == "collectives" { "lo" } else { "" },
+                )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()

@@ -29,6 +29,7 @@ extern "C" {
         timeout_ms: c_longlong,
         backend: c_int,
         device: c_int,
+        interfaces: *const c_char,
         err: *mut *mut c_char,
     ) -> *mut c_void;
     fn dsno_comm_free(group: *mut c_void);
@@ -98,6 +99,9 @@ pub struct Launch {
     pub restart: u64,
     /// Whose variables described the group: `torchrun` (`RANK`, `WORLD_SIZE`, …) or `slurm`.
     pub launcher: &'static str,
+    /// `GLOO_SOCKET_IFNAME`: the network interfaces of a CPU group (comma-separated), as in
+    /// PyTorch; by default loopback for a store on 127.0.0.1, else the machine's own address.
+    pub gloo_interfaces: Option<String>,
 }
 
 /// The port of a Slurm job's store when `MASTER_PORT` is not set: 15000 + the job id's last four
@@ -111,6 +115,7 @@ impl Launch {
     /// - torchrun (and any `env://` launcher): `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`,
     ///   `LOCAL_RANK` (default: `RANK`), `TORCHELASTIC_USE_AGENT_STORE`,
     ///   `TORCHELASTIC_RESTART_COUNT`.
+    /// - Both: `GLOO_SOCKET_IFNAME` (the network interfaces of a CPU group).
     /// - Slurm (`srun`): `SLURM_PROCID`, `SLURM_LOCALID`, `SLURM_NTASKS`; the store on
     ///   `MASTER_ADDR` or else the first host of `SLURM_STEP_NODELIST` (or `SLURM_JOB_NODELIST`),
     ///   port `MASTER_PORT` or else [`SLURM_BASE_PORT`] + the last four digits of `SLURM_JOB_ID`.
@@ -160,6 +165,7 @@ impl Launch {
                 agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
                 restart: num("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u64,
                 launcher: "torchrun",
+                gloo_interfaces: var("GLOO_SOCKET_IFNAME").filter(|v| !v.trim().is_empty()),
             }
         } else if let Some(world) = num("SLURM_NTASKS")? {
             let rank = num("SLURM_PROCID")?.ok_or_else(|| {
@@ -205,6 +211,7 @@ impl Launch {
                 agent_store: false,
                 restart: 0,
                 launcher: "slurm",
+                gloo_interfaces: var("GLOO_SOCKET_IFNAME").filter(|v| !v.trim().is_empty()),
             }
         } else {
             return Ok(None);
@@ -343,6 +350,8 @@ impl Comm {
             "dsno/".to_string()
         };
         let prefix = CString::new(prefix).expect("no NUL in the prefix");
+        let interfaces = CString::new(launch.gloo_interfaces.clone().unwrap_or_default())
+            .map_err(|_| Error::Distributed("GLOO_SOCKET_IFNAME holds a NUL byte".into()))?;
         let dev = match device {
             Device::Cuda(i) => i as c_int,
             _ => -1,
@@ -360,6 +369,7 @@ impl Comm {
                 timeout.as_millis().min(i64::MAX as u128) as c_longlong,
                 (backend == Backend::Nccl) as c_int,
                 dev,
+                interfaces.as_ptr(),
                 &mut err,
             )
         };

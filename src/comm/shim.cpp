@@ -79,11 +79,12 @@ int dsno_comm_backends() {
 
 // A process group of `world` ranks meeting at host:port. `server`: this process hosts the
 // TCPStore (rank 0 of a plain launch); otherwise it connects to it. `prefix` namespaces the keys
-// (a store shared with a launcher). backend 0: Gloo over `host`'s interface; 1: NCCL on CUDA
-// device `device`. Returns null and sets *err on failure.
+// (a store shared with a launcher). backend 0: Gloo over `interfaces` (comma-separated names;
+// empty: loopback when `host` is a loopback address, else this machine's default address);
+// 1: NCCL on CUDA device `device`. Returns null and sets *err on failure.
 void* dsno_comm_new(const char* host, int port, int rank, int world, int server,
                     const char* prefix, long long timeout_ms, int backend, int device,
-                    char** err) {
+                    const char* interfaces, char** err) {
   Group* out = nullptr;
   guarded(err, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -101,7 +102,27 @@ void* dsno_comm_new(const char* host, int port, int rank, int world, int server,
     if (backend == 0) {
 #ifdef USE_C10D_GLOO
       auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+      std::string h(host);
+      std::string ifs(interfaces != nullptr ? interfaces : "");
+      if (!ifs.empty()) {
+        // GLOO_SOCKET_IFNAME: the interfaces to use, comma-separated (PyTorch's convention)
+        size_t at = 0;
+        while (at <= ifs.size()) {
+          size_t end = ifs.find(',', at);
+          if (end == std::string::npos) end = ifs.size();
+          if (end > at) {
+            opts->devices.push_back(
+                c10d::ProcessGroupGloo::createDeviceForInterface(ifs.substr(at, end - at)));
+          }
+          at = end + 1;
+        }
+      } else if (h == "localhost" || h == "::1" || h.rfind("127.", 0) == 0) {
+        // every rank on this machine: the loopback interface
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
+      } else {
+        // this machine's own address (its hostname's), as PyTorch's default device
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
       pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
           c10::make_intrusive<c10d::PrefixStore>("gloo/", store), rank, world, opts);
 #else

@@ -115,6 +115,7 @@ fn comm(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
                 agent_store: false,
                 restart: 0,
                 launcher: "none",
+                gloo_interfaces: None,
             };
             let d = device.device;
             (d, Comm::connect(&one, d, timeout)?)
