@@ -372,3 +372,47 @@ fn streaming_distillation_equals_the_in_memory_path_under_a_memory_cap() {
         .contains("shuffle_shards"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn patience_ends_a_distillation_whose_validation_loss_stopped_improving() {
+    // the rule: the best so far must improve by more than min_delta (relative)
+    let mut p = dsno::train::Plateau::new(2, 1e-3);
+    let seen: Vec<bool> = [5.0, f64::NAN, 4.0, 3.999, 4.1]
+        .iter()
+        .map(|&v| p.observe(v))
+        .collect();
+    assert_eq!(seen, [false, false, false, false, true]);
+    assert_eq!(p.best(), 4.0);
+
+    let _s = common::serial();
+    let dir = common::tempdir("patience");
+    let tpath = toy_teacher(&dir);
+    let teacher = Teacher::load(&tpath, Device::Cpu).unwrap();
+    let store = dir.join("store");
+    generate(&teacher, &tpath, &store, &options(60, (0, 1))).unwrap();
+    // lr 0: the validation loss never improves, so the run ends at its third validation
+    let mut dcfg = toy_distill_config(0.0);
+    dcfg.train.lr = 0.0;
+    dcfg.train.steps = 20;
+    dcfg.train.log_every = 2;
+    dcfg.train.checkpoint_every = 100;
+    dcfg.train.patience = 2;
+    let a = dir.join("a");
+    let s = distill(&dcfg, &tpath, &store, None, &common::run(&a, false)).unwrap();
+    assert!(s.plateaued && s.end_step == 6, "{s:?}");
+    // stopped at step 4 and resumed: the validations before the checkpoint count (the log's)
+    let b = dir.join("b");
+    dcfg.train.steps = 4;
+    let s = distill(&dcfg, &tpath, &store, None, &common::run(&b, false)).unwrap();
+    assert!(!s.plateaued && s.end_step == 4, "{s:?}");
+    dcfg.train.steps = 20;
+    let s = distill(&dcfg, &tpath, &store, None, &common::run(&b, true)).unwrap();
+    assert!(s.plateaued && s.end_step == 6, "{s:?}");
+    common::assert_same_run_files(&a, &b);
+    // without patience the run goes on to its last step
+    dcfg.train.patience = 0;
+    let c = dir.join("c");
+    let s = distill(&dcfg, &tpath, &store, None, &common::run(&c, false)).unwrap();
+    assert!(!s.plateaued && s.end_step == 20, "{s:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

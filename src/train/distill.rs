@@ -507,7 +507,8 @@ pub fn distill(
     };
     let mut extra_columns = obj.columns(&m.times);
     extra_columns.push("val_loss".into());
-    let r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
+    let mut r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
+    r.monitor = Some("val_loss".into());
     let log_every = cfg.train.log_every.max(1);
     let part = run.comm.part(cfg.train.batch_size)?;
     r.run(run.resume, |step| {

@@ -41,6 +41,29 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub seed: u64,
+    /// Early stopping (0: off): end the run when this many validations in a row have not
+    /// improved the best validation loss by more than `min_delta` (relative). Runs without a
+    /// validation loss (teachers) ignore it.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub patience: u64,
+    /// The relative improvement that counts for `patience` (0.001: 0.1 %).
+    #[serde(
+        default = "default_min_delta",
+        skip_serializing_if = "is_default_min_delta"
+    )]
+    pub min_delta: f64,
+}
+
+fn is_zero_u64(x: &u64) -> bool {
+    *x == 0
+}
+
+fn default_min_delta() -> f64 {
+    1e-3
+}
+
+fn is_default_min_delta(x: &f64) -> bool {
+    *x == default_min_delta()
 }
 
 impl Default for TrainConfig {
@@ -59,6 +82,8 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             log_every: 50,
             seed: 0,
+            patience: 0,
+            min_delta: default_min_delta(),
         }
     }
 }
@@ -98,7 +123,14 @@ impl TrainConfig {
             1,
             1_000_000_000,
         )?;
-        check_range(&f("log_every"), self.log_every, 1, 1_000_000_000)
+        check_range(&f("log_every"), self.log_every, 1, 1_000_000_000)?;
+        check_range(&f("patience"), self.patience, 0, 1_000_000_000)?;
+        check_field(
+            &f("min_delta"),
+            self.min_delta,
+            (0.0..1.0).contains(&self.min_delta),
+            "in [0, 1)",
+        )
     }
 }
 
@@ -224,6 +256,8 @@ pub struct Run<'a> {
     /// The data-parallel group: the objective returns the loss of this rank's part of the
     /// batch ([`Comm::part`]); the run averages gradients and logged values over the ranks.
     pub comm: Comm,
+    /// The extra column that holds the validation loss, for `train.patience`.
+    pub monitor: Option<String>,
 }
 
 /// How a run ended.
@@ -235,6 +269,49 @@ pub struct Summary {
     pub seconds: f64,
     /// The signal (SIGINT 2, SIGTERM 15) that stopped the run before its last step, if any.
     pub stopped: Option<i32>,
+    /// The run ended before `train.steps` because its validation loss stopped improving
+    /// (`train.patience`); `end_step` is where.
+    pub plateaued: bool,
+}
+
+/// Early stopping on a validation loss ([`TrainConfig::patience`]).
+#[derive(Debug, Clone)]
+pub struct Plateau {
+    patience: u64,
+    min_delta: f64,
+    best: f64,
+    /// Validations in a row without an improvement.
+    pub waited: u64,
+}
+
+impl Plateau {
+    pub fn new(patience: u64, min_delta: f64) -> Self {
+        Plateau {
+            patience,
+            min_delta,
+            best: f64::INFINITY,
+            waited: 0,
+        }
+    }
+
+    /// Records a validation loss (non-finite values are not validations); true when the run
+    /// should stop.
+    pub fn observe(&mut self, loss: f64) -> bool {
+        if !loss.is_finite() {
+            return false;
+        }
+        if self.best.is_infinite() || loss < self.best - self.min_delta * self.best.abs() {
+            self.best = loss;
+            self.waited = 0;
+        } else {
+            self.waited += 1;
+        }
+        self.patience > 0 && self.waited >= self.patience
+    }
+
+    pub fn best(&self) -> f64 {
+        self.best
+    }
 }
 
 impl<'a> Run<'a> {
@@ -258,6 +335,7 @@ impl<'a> Run<'a> {
             progress: opts.progress && opts.comm.is_main(),
             overwrite: opts.overwrite,
             comm: opts.comm.clone(),
+            monitor: None,
         }
     }
 
@@ -468,6 +546,17 @@ impl<'a> Run<'a> {
             )?),
             false => None,
         };
+        let monitor = self
+            .monitor
+            .as_ref()
+            .and_then(|m| self.extra_columns.iter().position(|c| c == m));
+        let mut plateau = Plateau::new(cfg.patience, cfg.min_delta);
+        if let (Some(i), true) = (monitor, resume) {
+            // the validations before the checkpoint, as the log holds them
+            for v in log_column(&self.files.log(), 5 + i, start) {
+                plateau.observe(v);
+            }
+        }
         let bar = progress::steps(self.progress, start, cfg.steps);
         let t0 = Instant::now();
         let mut window = (Instant::now(), 0usize);
@@ -518,12 +607,21 @@ impl<'a> Run<'a> {
                 1 => stop_requested(),
                 _ => agreed,
             };
-            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop.is_some() {
+            let plateaued = monitor.is_some_and(|i| plateau.observe(extra[i]));
+            if plateaued {
+                bar.set_message(format!(
+                    "validation loss {:.4e} not improved in {} validations",
+                    plateau.best(),
+                    plateau.waited
+                ));
+            }
+            let stop_now = stop.is_some() || plateaued;
+            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop_now {
                 self.save(done, &adam)?;
                 *saved = Some(done);
             }
             bar.inc(1);
-            if stop.is_some() {
+            if stop_now {
                 bar.abandon();
                 comm.barrier()?;
                 return Ok(Summary {
@@ -532,6 +630,7 @@ impl<'a> Run<'a> {
                     last_loss,
                     seconds: t0.elapsed().as_secs_f64(),
                     stopped: stop,
+                    plateaued,
                 });
             }
         }
@@ -549,18 +648,26 @@ impl<'a> Run<'a> {
             last_loss,
             seconds: t0.elapsed().as_secs_f64(),
             stopped: None,
+            plateaued: false,
         })
     }
 }
 
 /// The run configuration without the settings that may change on resume (the length of the
-/// run and how often it logs or saves): those keys of every `train` table, at any depth.
+/// run, when it stops early, how often it logs or saves): those keys of every `train` table, at
+/// any depth.
 fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
     let mut v = v.clone();
     fn strip(v: &mut serde_json::Value) {
         if let Some(o) = v.as_object_mut() {
             if let Some(t) = o.get_mut("train").and_then(|t| t.as_object_mut()) {
-                for k in ["steps", "checkpoint_every", "log_every"] {
+                for k in [
+                    "steps",
+                    "checkpoint_every",
+                    "log_every",
+                    "patience",
+                    "min_delta",
+                ] {
                     t.remove(k);
                 }
             }
@@ -569,6 +676,20 @@ fn strip_unresumable(v: &serde_json::Value) -> serde_json::Value {
     }
     strip(&mut v);
     v
+}
+
+/// The finite values of column `col` (0-based) of the log's rows up to step `upto`.
+fn log_column(path: &Path, col: usize, upto: u64) -> Vec<f64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let step = f.first()?.parse::<u64>().ok()?;
+            let v = f.get(col)?.parse::<f64>().ok()?;
+            (step <= upto && v.is_finite()).then_some(v)
+        })
+        .collect()
 }
 
 /// The CSV log: `step,loss,lr,grad_norm,samples_per_s,<extra…>`. On resume, rows past the

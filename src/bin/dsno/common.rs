@@ -104,6 +104,12 @@ impl RunArgs {
                 self.out.join("model.safetensors").display()
             );
         }
+        if s.plateaued && comm.is_main() {
+            println!(
+                "the validation loss stopped improving (train.patience): ended at step {}",
+                s.end_step
+            );
+        }
         if let (Some(sig), true) = (s.stopped, comm.is_main()) {
             eprintln!("stopped by signal {sig}; checkpoint saved (continue with --resume)");
         }
