@@ -409,6 +409,10 @@ fn patience_ends_a_distillation_whose_validation_loss_stopped_improving() {
     let s = distill(&dcfg, &tpath, &store, None, &common::run(&b, true)).unwrap();
     assert!(s.plateaued && s.end_step == 6, "{s:?}");
     common::assert_same_run_files(&a, &b);
+    // a run that had stopped improving does not train on when resumed
+    let s = distill(&dcfg, &tpath, &store, None, &common::run(&b, true)).unwrap();
+    assert!(s.plateaued && s.start_step == 6 && s.end_step == 6, "{s:?}");
+    common::assert_same_run_files(&a, &b);
     // without patience the run goes on to its last step
     dcfg.train.patience = 0;
     let c = dir.join("c");

@@ -553,8 +553,21 @@ impl<'a> Run<'a> {
         let mut plateau = Plateau::new(cfg.patience, cfg.min_delta);
         if let (Some(i), true) = (monitor, resume) {
             // the validations before the checkpoint, as the log holds them
+            let mut done = false;
             for v in log_column(&self.files.log(), 5 + i, start) {
-                plateau.observe(v);
+                done = plateau.observe(v);
+            }
+            if done {
+                // it had stopped improving before: nothing more to train
+                comm.barrier()?;
+                return Ok(Summary {
+                    start_step: start,
+                    end_step: start,
+                    last_loss: f64::NAN,
+                    seconds: 0.0,
+                    stopped: None,
+                    plateaued: true,
+                });
             }
         }
         let bar = progress::steps(self.progress, start, cfg.steps);
