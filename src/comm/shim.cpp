@@ -144,7 +144,20 @@ void* dsno_comm_new(const char* host, int port, int rank, int world, int server,
   return out;
 }
 
-void dsno_comm_free(void* g) { delete static_cast<Group*>(g); }
+// Shuts the group down (NCCL's communicators are destroyed, as destroy_process_group does) and
+// frees it.
+void dsno_comm_free(void* g) {
+  auto* grp = static_cast<Group*>(g);
+  if (grp == nullptr) {
+    return;
+  }
+  try {
+    grp->backend->shutdown();
+  } catch (...) {
+    // a group whose peers are gone cannot shut down cleanly; it is freed all the same
+  }
+  delete grp;
+}
 
 void dsno_comm_free_string(char* s) { std::free(s); }
 
