@@ -1,5 +1,7 @@
 //! Links libtorch so that the binaries run without LD_LIBRARY_PATH and keep CUDA, and builds the
-//! c10d shim (`src/comm/shim.cpp`, docs/ARCHITECTURE.md "Distributed").
+//! two C++ files of the crate: the c10d shim (`src/comm/shim.cpp`, docs/ARCHITECTURE.md
+//! "Distributed") and the precision switches (`src/device/precision.cpp`: bfloat16 autocast,
+//! TensorFloat-32).
 //!
 //! - rpath to `$LIBTORCH/lib`, so `cargo run`, the tests and `target/release/dsno` find libtorch;
 //!   on another machine, `LD_LIBRARY_PATH` pointing at that machine's `torch/lib` takes precedence.
@@ -16,6 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DSNO_GLOO_INCLUDE");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/comm/shim.cpp");
+    println!("cargo:rerun-if-changed=src/device/precision.cpp");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         return;
     };
@@ -32,6 +35,7 @@ fn main() {
         .expect("libtorch/lib has a parent")
         .to_path_buf();
     let cuda = lib.join("libtorch_cuda.so").exists();
+    precision(&root);
     shim(&root, cuda);
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
@@ -45,19 +49,32 @@ fn main() {
     }
 }
 
-/// Compiles `src/comm/shim.cpp` against libtorch's headers at `torch` (the wheel's folder).
-fn shim(torch: &Path, cuda: bool) {
+/// A C++ build against libtorch's headers at `torch` (the wheel's folder).
+fn build(torch: &Path) -> cc::Build {
     let include = torch.join("include");
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++17")
-        .file("src/comm/shim.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .flag_if_supported("-w")
         .opt_level(2);
+    b
+}
+
+/// Compiles `src/device/precision.cpp` (autocast and TF32 switches; CPU and CUDA builds alike).
+fn precision(torch: &Path) {
+    build(torch)
+        .file("src/device/precision.cpp")
+        .compile("dsno_precision");
+}
+
+/// Compiles `src/comm/shim.cpp` against libtorch's headers at `torch` (the wheel's folder).
+fn shim(torch: &Path, cuda: bool) {
+    let mut b = build(torch);
+    b.file("src/comm/shim.cpp");
     let gloo = std::env::var_os("DSNO_GLOO_INCLUDE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

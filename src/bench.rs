@@ -401,3 +401,154 @@ pub fn comparison_table(rows: &[Timing], py: &serde_json::Value) -> String {
     }
     t
 }
+
+/// What `dsno bench train` measures: `steps` training steps of `batch` samples after as many
+/// warm-up steps, for every precision, of the teacher and of DSNO and KD distillation.
+#[derive(Debug, Clone)]
+pub struct TrainSpec {
+    pub batch: usize,
+    pub steps: u64,
+    pub precisions: Vec<crate::device::Precision>,
+    /// Output times of the operator (the store's).
+    pub times: Vec<f64>,
+    pub device: Device,
+}
+
+/// One measured training run of [`training`].
+#[derive(Debug, Clone)]
+pub struct TrainTiming {
+    /// `teacher`, `DSNO` or `KD`.
+    pub what: String,
+    pub precision: crate::device::Precision,
+    pub batch: usize,
+    /// Samples per second over the timed steps (the training log's `samples_per_s`).
+    pub samples_per_s: f64,
+    /// The loss at the last step.
+    pub loss: f64,
+}
+
+/// Times the real training commands — [`crate::train::teacher::train`] and
+/// [`crate::train::distill::distill`] with their `Run` loop, on random data and a store of a
+/// few batches made by the teacher — at each precision, writing its runs under `dir`. The rate
+/// is the log row's over the last `steps` steps, so start-up and the first steps (allocations,
+/// cuDNN's choices) stay out of it.
+pub fn training(
+    teacher: &crate::train::teacher::TeacherConfig,
+    spec: &TrainSpec,
+    dir: &std::path::Path,
+) -> Result<Vec<TrainTiming>> {
+    use crate::operator::Method;
+    use crate::train::{distill, teacher as tt, trajectories, RunOptions};
+    if spec.batch == 0 || spec.steps == 0 || spec.precisions.is_empty() {
+        return Err(Error::invalid(
+            "bench train: batch, steps and precisions must not be empty",
+        ));
+    }
+    let train = |cfg: &crate::train::TrainConfig| crate::train::TrainConfig {
+        steps: 2 * spec.steps,
+        batch_size: spec.batch,
+        log_every: spec.steps,
+        checkpoint_every: 2 * spec.steps,
+        patience: 0,
+        ..cfg.clone()
+    };
+    let opts = |out: std::path::PathBuf, precision| RunOptions {
+        out,
+        overwrite: true,
+        device: spec.device,
+        precision,
+        ..Default::default()
+    };
+    let mut cfg = teacher.clone();
+    cfg.train = train(&cfg.train);
+    let mut shape = vec![4 * spec.batch as i64];
+    shape.extend(cfg.model.sample_shape());
+    tch::manual_seed(0);
+    let data = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let mut rows = vec![];
+    let mut row = |what: &str, p, out: &std::path::Path, loss: f64| -> Result<()> {
+        rows.push(TrainTiming {
+            what: what.into(),
+            precision: p,
+            batch: spec.batch,
+            samples_per_s: last_rate(&out.join("log.csv"))?,
+            loss,
+        });
+        Ok(())
+    };
+    for &p in &spec.precisions {
+        let out = dir.join(format!("teacher-{}", p.name()));
+        let s = tt::train(&cfg, data.shallow_clone(), &opts(out.clone(), p), None)?;
+        row("teacher", p, &out, s.last_loss)?;
+    }
+    // a store of 2 batches (+ none held out) from the first teacher, in a few solver steps
+    let teacher_path = dir
+        .join(format!("teacher-{}", spec.precisions[0].name()))
+        .join("model.safetensors");
+    let store = dir.join("store");
+    let t = crate::model::Teacher::load(&teacher_path, spec.device)?;
+    let g = trajectories::GenerateOptions {
+        steps: spec.times.len(),
+        times: spec.times.clone(),
+        count: 2 * spec.batch,
+        shard_size: spec.batch,
+        batch: spec.batch,
+        solver: crate::solver::Solver::Ddim,
+        ..Default::default()
+    };
+    trajectories::generate(&t, &teacher_path, &store, &g)?;
+    for method in [Method::Dsno, Method::Kd] {
+        for &p in &spec.precisions {
+            let dc = distill::DistillConfig {
+                method,
+                loss: distill::Regression::L2,
+                modes: 2.min(spec.times.len() as i64 / 2 + 1),
+                dropout: None,
+                validation: 0,
+                times: None,
+                shuffle_shards: 0,
+                stream: false,
+                lpips_weights: None,
+                train: train(&cfg.train),
+            };
+            let out = dir.join(format!("{method}-{}", p.name()));
+            let s = distill::distill(&dc, &teacher_path, &store, None, &opts(out.clone(), p))?;
+            row(&method.to_string(), p, &out, s.last_loss)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The `samples_per_s` of a training log's last row.
+fn last_rate(log: &std::path::Path) -> Result<f64> {
+    let text = crate::util::fsio::read_text(log)?;
+    text.lines()
+        .last()
+        .and_then(|l| l.split(',').nth(4))
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| Error::file(log, "no samples_per_s in the last row"))
+}
+
+/// The table of [`training`]'s rows, with each row's speed-up over the first precision's row of
+/// the same training.
+pub fn training_table(rows: &[TrainTiming]) -> String {
+    let mut s = String::from(
+        "| training | precision | batch | samples/s | × first | last loss |\n|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let base = rows
+            .iter()
+            .find(|b| b.what == r.what)
+            .map_or(f64::NAN, |b| b.samples_per_s);
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.4e} |\n",
+            r.what,
+            r.precision.name(),
+            r.batch,
+            r.samples_per_s,
+            r.samples_per_s / base,
+            r.loss
+        ));
+    }
+    s
+}

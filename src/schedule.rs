@@ -563,9 +563,6 @@ pub fn ddpm_alpha_bars(beta_1: f64, beta_n: f64, steps: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Parses the operator's output times: `quad:M` (`t_m = ((M − m)/M)²`, the authors' CIFAR-10
-/// choice: 0.5625, 0.25, 0.0625, 0 for M = 4), `uniform:M` (`t_m = (M − m)/M`, the ImageNet-64
-/// choice), or an explicit comma-separated list (strictly decreasing, in [0, 1]).
 /// The most output times an operator may have.
 pub const MAX_OUTPUT_TIMES: usize = 64;
 
@@ -592,6 +589,9 @@ pub fn check_output_times(what: &str, times: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// Parses the operator's output times: `quad:M` (`t_m = ((M − m)/M)²`, the authors' CIFAR-10
+/// choice: 0.5625, 0.25, 0.0625, 0 for M = 4), `uniform:M` (`t_m = (M − m)/M`, the ImageNet-64
+/// choice), or an explicit comma-separated list (strictly decreasing, in [0, 1]).
 pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
     let spec = spec.trim();
     let preset = |name: &str, rest: &str| -> Result<usize> {

@@ -60,12 +60,13 @@ impl Batches {
                 .into_iter()
                 .map(|i| i as i64)
                 .collect();
-            *cache = Some((epoch, Tensor::from_slice(&perm)));
+            // one asynchronous copy per epoch, so that a step never waits for the device
+            let perm = crate::device::upload_slice(&perm, self.data.device());
+            *cache = Some((epoch, perm));
         }
         let perm = &cache.as_ref().unwrap().1;
         let idx = perm.narrow(0, (k * self.batch) as i64, self.batch as i64);
-        self.data
-            .index_select(0, &idx.to_device(self.data.device()))
+        self.data.index_select(0, &idx)
     }
 }
 

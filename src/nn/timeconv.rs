@@ -121,7 +121,17 @@ impl TimeConv {
     }
 
     /// `u + LeakyReLU_0.01(irfft(mix(rfft(u)[:modes])))` for `u` of shape `[B, M, C, …]`.
+    ///
+    /// Inside an autocast forward pass (`--precision bf16`) the layer computes in float32, as
+    /// the authors run it under mixed precision: a bfloat16 `u` is widened first, and the
+    /// output is float32.
     pub fn forward(&self, u: &Tensor) -> Tensor {
+        let _fp32 = crate::device::full_precision(u.device());
+        let u = match u.kind() {
+            Kind::BFloat16 | Kind::Half => u.to_kind(Kind::Float),
+            _ => u.shallow_clone(),
+        };
+        let u = &u;
         let s = u.size();
         assert!(
             s.len() >= 3 && s[1] == self.slots && s[2] == self.channels,

@@ -59,7 +59,7 @@ pub fn train(
             .cross_entropy_for_logits(&labels.index_select(0, &ix));
         adam.zero_grad();
         loss.backward();
-        adam.step(lr_t, step + 1, 0.0, 0.0, &crate::comm::Comm::single())?;
+        let _gnorm = adam.step(lr_t, step + 1, 0.0, 0.0, &crate::comm::Comm::single())?;
         last = loss.double_value(&[]);
         bar.inc(1);
         if step % 50 == 0 {

@@ -9,6 +9,7 @@
 use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::store::{load_store, Manifest, StoreBatch, StoreOrder, StreamingStore};
+use crate::device::{upload, upload_slice};
 use crate::error::{check_field, check_range};
 use crate::model::Teacher;
 pub use crate::operator::Method;
@@ -281,11 +282,12 @@ struct Split {
     c_val: Option<Tensor>,
 }
 
+/// A batch read from disk on the device as float32, copied without waiting for the device.
 fn on_device(b: StoreBatch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
     (
-        b.x_t.to_device(device).to_kind(Kind::Float),
-        b.targets.to_device(device).to_kind(Kind::Float),
-        b.labels.map(|c| c.to_device(device)),
+        upload(&b.x_t, device).to_kind(Kind::Float),
+        upload(&b.targets, device).to_kind(Kind::Float),
+        b.labels.map(|c| upload(&c, device)),
     )
 }
 
@@ -337,7 +339,7 @@ impl Split {
                     .iter()
                     .map(|&i| i as i64)
                     .collect();
-                let ix = Tensor::from_slice(&rows).to_device(self.device);
+                let ix = upload_slice(&rows, self.device);
                 Ok((
                     x.index_select(0, &ix),
                     y.index_select(0, &ix),
@@ -514,17 +516,18 @@ pub fn distill(
     r.run(run.resume, |step| {
         let (x, y, c) = data.batch(step, &part)?;
         let pt = obj.per_time(&student.forward_labels(&x, c.as_ref(), true)?, &y); // [B, M']
-        let mut extra: Vec<f64> =
-            Vec::<f64>::try_from(&pt.mean_dim(0, false, Kind::Float).to_kind(Kind::Double))?;
         let log_now = (step + 1) % log_every == 0 || step + 1 == cfg.train.steps;
-        extra.push(if log_now && cfg.validation > 0 {
+        let val = if log_now && cfg.validation > 0 {
             data.validate(&student, &obj, cfg.train.batch_size)?
         } else {
             f64::NAN
-        });
+        };
         Ok(StepLoss {
             loss: obj.total(&pt),
-            extra,
+            extra: vec![
+                pt.mean_dim(0, false, Kind::Float).detach(),
+                Tensor::full([1], val, (Kind::Double, device)),
+            ],
         })
     })
 }

@@ -10,6 +10,7 @@ pub mod trajectories;
 
 use crate::checkpoint::{self, CheckpointMeta, TRAIN_PREFIX};
 use crate::comm::Comm;
+use crate::device::Precision;
 use crate::error::{check_field, check_range};
 use crate::rng::splitmix64;
 use crate::util::progress;
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Optimisation settings (the `[train]` section of a config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +217,8 @@ pub struct RunOptions {
     /// The data-parallel group (a single process by default): each rank computes its part of
     /// every global batch, gradients are averaged before the update, rank 0 alone writes.
     pub comm: Comm,
+    /// fp32, tf32 or bf16 autocast ([`Precision`]).
+    pub precision: Precision,
 }
 
 impl Default for RunOptions {
@@ -227,14 +230,17 @@ impl Default for RunOptions {
             device: Device::Cpu,
             progress: false,
             comm: Comm::single(),
+            precision: Precision::Fp32,
         }
     }
 }
 
-/// What one step's objective returns: the loss to minimise and extra columns for the log.
+/// What one step's objective returns: the loss to minimise and extra columns for the log, as
+/// tensors on the training device (scalars or 1-D, one value per column, concatenated in
+/// order); the run reads them on the host only when it logs.
 pub struct StepLoss {
     pub loss: Tensor,
-    pub extra: Vec<f64>,
+    pub extra: Vec<Tensor>,
 }
 
 /// A training run over the trainable variables of `vs`.
@@ -258,6 +264,9 @@ pub struct Run<'a> {
     pub comm: Comm,
     /// The extra column that holds the validation loss, for `train.patience`.
     pub monitor: Option<String>,
+    /// How the objective computes: it runs inside [`Precision::autocast`]; TF32 is set for the
+    /// run (and put back after it).
+    pub precision: Precision,
 }
 
 /// How a run ended.
@@ -336,6 +345,7 @@ impl<'a> Run<'a> {
             overwrite: opts.overwrite,
             comm: opts.comm.clone(),
             monitor: None,
+            precision: opts.precision,
         }
     }
 
@@ -435,11 +445,26 @@ impl<'a> Run<'a> {
         Ok(ck.meta.step)
     }
 
+    /// The error of a run whose loss was not finite at `step`.
+    fn non_finite(&self, loss: f64, step: u64, saved: Option<u64>) -> Error {
+        let last = match saved {
+            Some(s) => format!(
+                "the last good checkpoint is {} (step {s})",
+                self.files.checkpoint().display()
+            ),
+            None => "no checkpoint was written".into(),
+        };
+        Error::invalid(format!(
+            "loss is {loss} at step {step}: training stopped; {last}"
+        ))
+    }
+
     /// Trains from step 0 (or, with `resume`, from the run's checkpoint) to `train.steps`,
     /// calling `objective(step)` for each step's loss.
     ///
-    /// A non-finite loss stops the run with an error before any update; the last checkpoint
-    /// on disk stays the last good one.
+    /// A non-finite loss stops the run with an error at the next log row, checkpoint or stop
+    /// (the host does not wait for every step's loss), before anything is written: the last
+    /// checkpoint on disk stays the last good one, and the error names the first bad step.
     ///
     /// A fresh run (not `resume`) refuses a folder that already holds a run unless the options
     /// said `overwrite`; a fresh run that fails before its first checkpoint removes what it
@@ -478,7 +503,10 @@ impl<'a> Run<'a> {
             d.to_path_buf()
         });
         let mut saved = None;
+        let tf32 = crate::device::tf32();
+        self.precision.apply();
         let result = self.steps(resume, objective, &mut saved);
+        crate::device::set_tf32(tf32);
         if result.is_err() && !resume && saved.is_none() && self.comm.is_main() {
             match old_log {
                 Some(bytes) => {
@@ -574,53 +602,74 @@ impl<'a> Run<'a> {
         let t0 = Instant::now();
         let mut window = (Instant::now(), 0usize);
         let mut last_loss = f64::NAN;
+        let device = self.vs.device();
+        // the host reads the step's values only at a log row, a checkpoint or a stop, so the
+        // device runs ahead of it in between; a non-finite loss is remembered on the device (the
+        // first step that had one) and reported at the next of those points, before any write
+        let mut first_bad = Tensor::full([1], -1i64, (Kind::Int64, device));
+        let mut bad_loss = Tensor::zeros([1], (Kind::Double, device));
         for step in start..cfg.steps {
             tch::manual_seed(step_seed(cfg.seed, step));
-            let StepLoss { loss, extra } = objective(step)?;
+            let StepLoss { loss, extra } = {
+                let _amp = self.precision.autocast(device);
+                objective(step)?
+            };
             // the loss, a stop request and the log columns, averaged over the ranks: every rank
             // stops (or fails) at the same step
-            let mut host = vec![
-                loss.double_value(&[]),
-                stop_requested().map_or(0.0, f64::from),
+            let stop_here = stop_requested().map_or(0.0, f64::from);
+            let mut row = vec![
+                loss.detach().reshape([1]).to_kind(Kind::Double),
+                Tensor::full([1], stop_here, (Kind::Double, device)),
             ];
-            host.extend(&extra);
-            let host = comm.mean_f64(&host)?;
-            let (lv, extra) = (host[0], &host[2..]);
-            let agreed = (host[1] > 0.0).then(|| stop_requested().unwrap_or(15));
-            if !lv.is_finite() {
-                bar.abandon();
-                let last = match saved {
-                    Some(s) => format!(
-                        "the last good checkpoint is {} (step {s})",
-                        self.files.checkpoint().display()
-                    ),
-                    None => "no checkpoint was written".into(),
-                };
-                return Err(Error::invalid(format!(
-                    "loss is {lv} at step {step}: training stopped; {last}"
-                )));
-            }
+            row.extend(extra.iter().map(|e| e.reshape([-1]).to_kind(Kind::Double)));
+            let mut row = Tensor::cat(&row, 0);
+            comm.all_reduce_mean_(&mut row)?;
+            let bad = row
+                .narrow(0, 0, 1)
+                .isfinite()
+                .logical_not()
+                .logical_and(&first_bad.lt(0));
+            let good = bad.logical_not();
+            first_bad = first_bad.where_self(&good, &first_bad.full_like(step as i64));
+            bad_loss = bad_loss.where_self(&good, &row.narrow(0, 0, 1));
             adam.zero_grad();
             loss.backward();
             let lr = learning_rate(cfg.lr, cfg.warmup, &cfg.lr_halve_at, step);
             let decay = ema_decay(cfg.ema_decay, step);
             let gnorm = adam.step(lr, step + 1, cfg.grad_clip, decay, comm)?;
-            last_loss = lv;
             window.1 += self.samples_per_step;
             let done = step + 1;
-            if done % cfg.log_every.max(1) == 0 || done == cfg.steps {
+            let stop = match comm.world_size() {
+                1 => stop_requested(),
+                // one read per step, for the ranks to agree on stopping
+                _ => (row.double_value(&[1]) > 0.0).then(|| stop_requested().unwrap_or(15)),
+            };
+            let log_now = done % cfg.log_every.max(1) == 0 || done == cfg.steps;
+            let save_now = done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps;
+            if !(log_now || save_now || stop.is_some()) {
+                bar.inc(1);
+                continue;
+            }
+            let bad = first_bad.int64_value(&[0]);
+            if bad >= 0 {
+                bar.abandon();
+                let v = bad_loss.double_value(&[0]);
+                return Err(self.non_finite(v, bad as u64, *saved));
+            }
+            let host = Vec::<f64>::try_from(&row.to_device(tch::Device::Cpu))?;
+            let (lv, extra) = (host[0], &host[2..]);
+            last_loss = lv;
+            let mut plateaued = false;
+            if log_now {
+                let gnorm = gnorm.double_value(&[]);
                 let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
                 if let Some(log) = &mut log {
                     log.row(done, lv, lr, gnorm, rate, extra)?;
                 }
                 bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
+                plateaued = monitor.is_some_and(|i| plateau.observe(extra[i]));
             }
-            let stop = match comm.world_size() {
-                1 => stop_requested(),
-                _ => agreed,
-            };
-            let plateaued = monitor.is_some_and(|i| plateau.observe(extra[i]));
             if plateaued {
                 bar.set_message(format!(
                     "validation loss {:.4e} not improved in {} validations",
@@ -629,7 +678,7 @@ impl<'a> Run<'a> {
                 ));
             }
             let stop_now = stop.is_some() || plateaued;
-            if done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps || stop_now {
+            if save_now || stop_now {
                 self.save(done, &adam)?;
                 *saved = Some(done);
             }

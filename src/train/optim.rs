@@ -76,14 +76,27 @@ impl Adam {
     /// Averages the gradients over the ranks of `comm` (in buckets), clips the global gradient
     /// norm to `max_norm` (0: no clipping), takes one Adam step with learning rate `lr` (`t` is
     /// the 1-based step, for bias correction) and updates the EMA with `decay`. Returns the
-    /// gradient norm before clipping.
-    pub fn step(&mut self, lr: f64, t: u64, max_norm: f64, decay: f64, comm: &Comm) -> Result<f64> {
+    /// gradient norm before clipping, a float64 scalar on the parameters' device: the step never
+    /// waits for the device (the clipping factor is computed there).
+    pub fn step(
+        &mut self,
+        lr: f64,
+        t: u64,
+        max_norm: f64,
+        decay: f64,
+        comm: &Comm,
+    ) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let mut g = self.grads();
         comm.all_reduce_mean_flat(&g, BUCKET_ELEMS)?;
-        let norm = g.norm().double_value(&[]);
-        if max_norm > 0.0 && norm > max_norm {
-            g *= max_norm / (norm + 1e-6);
+        let norm = g.norm().to_kind(Kind::Double);
+        if max_norm > 0.0 {
+            // g · max_norm / (‖g‖ + 1e-6) where ‖g‖ > max_norm, in float64 and then rounded to
+            // float32, as a host-side scalar factor would be; ×1 (exact) elsewhere
+            let factor = (norm.full_like(max_norm) / (&norm + 1e-6))
+                .where_scalarother(&norm.gt(max_norm), 1.0)
+                .to_kind(Kind::Float);
+            g *= factor;
         }
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(t as i32);

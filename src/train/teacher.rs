@@ -206,15 +206,21 @@ fn coefficients(
     let mut shape = vec![t.len() as i64];
     shape.extend(std::iter::repeat_n(1, like.dim() - 1));
     let dev = like.device();
-    let mk = |f: &dyn Fn(f64) -> f64| {
-        let v: Vec<f32> = t.iter().map(|&x| f(x) as f32).collect();
-        Tensor::from_slice(&v).to_device(dev)
-    };
-    let a = mk(&|x| schedule.alpha(x)).reshape(shape.as_slice());
-    let s = mk(&|x| schedule.sigma(x)).reshape(shape.as_slice());
-    let t_in = mk(&|x| schedule.t_input(x));
-    let w = mk(&|x| weight.weight(schedule.lambda(x)));
-    (a, s, t_in, w)
+    // computed on the host (the schedules are f64 functions there), sent in one asynchronous copy
+    let fs: [&dyn Fn(f64) -> f64; 4] = [
+        &|x| schedule.alpha(x),
+        &|x| schedule.sigma(x),
+        &|x| schedule.t_input(x),
+        &|x| weight.weight(schedule.lambda(x)),
+    ];
+    let v: Vec<f32> = fs
+        .iter()
+        .flat_map(|f| t.iter().map(move |&x| f(x) as f32))
+        .collect();
+    let all = crate::device::upload_slice(&v, dev).view([4, t.len() as i64]);
+    let a = all.get(0).reshape(shape.as_slice());
+    let s = all.get(1).reshape(shape.as_slice());
+    (a, s, all.get(2), all.get(3))
 }
 
 /// Trains a teacher on `data` (float `[N, …]`) into `out`; `resume` continues from

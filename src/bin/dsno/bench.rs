@@ -20,6 +20,10 @@ enum What {
     /// The streaming store reader: training batches of `--batch` read from `--trajectories`
     /// (`--iters` of them), samples/s and MB/s.
     Store,
+    /// The training commands themselves (teacher, DSNO and KD distillation on random data and a
+    /// small store the teacher makes): samples/s over `--iters` steps after as many warm-up
+    /// steps, at each of `--precisions`.
+    Train,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +58,9 @@ pub struct Args {
     /// `store`: the trajectory store to read.
     #[arg(long)]
     trajectories: Option<PathBuf>,
+    /// `train`: the precisions to compare, the first being the reference of the ratios.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16", value_parser = crate::common::parse_precision)]
+    precisions: Vec<dsno::device::Precision>,
     /// `store`: shards per shuffle buffer.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     shuffle_shards: u64,
@@ -64,7 +71,34 @@ pub fn run(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
         What::Engine => engine(a, device.device),
         What::Comm => comm(a, device, timeout),
         What::Store => store(a),
+        What::Train => train(a, device.device),
     }
+}
+
+fn train(a: Args, device: Device) -> Result<ExitCode> {
+    let cfg = TeacherConfig::load(&a.config)?;
+    let spec = dsno::bench::TrainSpec {
+        batch: a.batch as usize,
+        steps: a.iters,
+        precisions: a.precisions.clone(),
+        times: dsno::schedule::parse_output_times(&format!("quad:{}", a.slots))?,
+        device,
+    };
+    println!(
+        "dsno bench train: {} ({} parameters), batch {}, M = {}, {} timed steps after {} warm-up steps, {}\n",
+        a.config.display(),
+        cfg.model.num_params(),
+        a.batch,
+        a.slots,
+        a.iters,
+        a.iters,
+        describe(device)
+    );
+    let dir = std::env::temp_dir().join(format!("dsno-bench-train-{}", std::process::id()));
+    let rows = dsno::bench::training(&cfg, &spec, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{}", dsno::bench::training_table(&rows?));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn store(a: Args) -> Result<ExitCode> {

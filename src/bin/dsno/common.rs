@@ -2,6 +2,7 @@
 //! where data sets are found, raw sample output.
 use anyhow::Result;
 use dsno::comm::{Comm, Launch};
+use dsno::device::Precision;
 use dsno::train::{RunOptions, Summary};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -77,6 +78,14 @@ pub struct RunArgs {
     /// Override the number of training steps of the config.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub steps: Option<u64>,
+    /// fp32; tf32 (CUDA matmuls and convolutions in TensorFloat-32); bf16 (tf32, plus the
+    /// network's forward pass under bfloat16 autocast, TimeConv, losses and optimiser float32).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
+}
+
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).map_err(|e| e.to_string())
 }
 
 impl RunArgs {
@@ -88,6 +97,7 @@ impl RunArgs {
             device,
             progress: true,
             comm: comm.clone(),
+            precision: self.precision,
         }
     }
 

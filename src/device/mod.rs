@@ -1,0 +1,211 @@
+//! Choosing where tensors live — `auto` (CUDA when libtorch sees a GPU, else CPU), `cpu`,
+//! `cuda[:N]` — and how they compute there ([`Precision`]: float32, TensorFloat-32 or bfloat16
+//! autocast, switched through `precision.cpp`), and copying to a device without waiting for it
+//! ([`upload`]).
+use crate::{Error, Result};
+use std::ffi::c_int;
+use tch::{Device, Tensor};
+
+extern "C" {
+    fn dsno_autocast_enter(cuda: c_int, enabled: c_int) -> c_int;
+    fn dsno_autocast_exit(cuda: c_int, prev: c_int);
+    fn dsno_autocast_enabled(cuda: c_int) -> c_int;
+    fn dsno_set_tf32(on: c_int);
+    fn dsno_tf32() -> c_int;
+}
+
+/// How training computes (the `--precision` flag).
+///
+/// - `Fp32`: IEEE float32 everywhere (the default).
+/// - `Tf32`: float32 tensors, with CUDA matmuls and convolutions in TensorFloat-32 (10-bit
+///   mantissa products, float32 accumulation); the same as `Fp32` on the CPU.
+/// - `Bf16`: `Tf32`, plus the network's forward pass under bfloat16 autocast (PyTorch's
+///   `torch.autocast(device, torch.bfloat16)`: convolutions and matmuls in bfloat16, norms,
+///   softmax and reductions in float32), except TimeConv, whose spectral mixing stays float32
+///   ([`full_precision`]); weights, gradients, losses, the optimiser and the EMA stay float32.
+///   bfloat16 has float32's range, so no loss scaling is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Bf16,
+}
+
+impl Precision {
+    /// Parses `fp32`, `tf32` or `bf16`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(Error::invalid(format!(
+                "unknown precision `{name}`: expected fp32, tf32 or bf16"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Sets the process-wide float32 mode of CUDA matmuls and convolutions for this precision
+    /// (TensorFloat-32 for `Tf32` and `Bf16`, IEEE for `Fp32`).
+    pub fn apply(self) {
+        set_tf32(self != Precision::Fp32);
+    }
+
+    /// An autocast region for the forward passes on `device`: bfloat16 for `Bf16`, nothing for
+    /// the others. Autocast is per thread; leave the region (drop the guard) before `backward`.
+    pub fn autocast(self, device: Device) -> Autocast {
+        match self {
+            Precision::Bf16 => Autocast::enter(device, true),
+            _ => Autocast { state: None },
+        }
+    }
+}
+
+/// TensorFloat-32 (true) or IEEE float32 (false) for CUDA matmuls and convolutions, process-wide.
+pub fn set_tf32(on: bool) {
+    // SAFETY: sets two fields of libtorch's global context; cannot fail.
+    unsafe { dsno_set_tf32(c_int::from(on)) }
+}
+
+/// Whether CUDA matmuls run in TensorFloat-32.
+pub fn tf32() -> bool {
+    // SAFETY: reads libtorch's global context.
+    unsafe { dsno_tf32() != 0 }
+}
+
+/// Whether autocast is on for tensors on `device` in this thread.
+pub fn autocast_enabled(device: Device) -> bool {
+    // SAFETY: reads libtorch's thread-local autocast state.
+    unsafe { dsno_autocast_enabled(c_int::from(device.is_cuda())) != 0 }
+}
+
+/// An autocast region of this thread; leaving it (drop) restores the state before it.
+#[must_use = "the region ends when the guard is dropped"]
+pub struct Autocast {
+    /// (device is CUDA, previous state), or None for a region that changed nothing.
+    state: Option<(c_int, c_int)>,
+}
+
+impl Autocast {
+    fn enter(device: Device, enabled: bool) -> Self {
+        let cuda = c_int::from(device.is_cuda());
+        // SAFETY: sets libtorch's thread-local autocast state; the guard restores it.
+        let prev = unsafe { dsno_autocast_enter(cuda, c_int::from(enabled)) };
+        Autocast {
+            state: Some((cuda, prev)),
+        }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        if let Some((cuda, prev)) = self.state {
+            // SAFETY: restores the state `enter` returned, on the thread that entered.
+            unsafe { dsno_autocast_exit(cuda, prev) }
+        }
+    }
+}
+
+/// A region with autocast off for tensors on `device` (for computations that must stay float32
+/// inside an autocast forward pass, as TimeConv's spectral mixing); nothing when autocast is off.
+pub fn full_precision(device: Device) -> Autocast {
+    match autocast_enabled(device) {
+        true => Autocast::enter(device, false),
+        false => Autocast { state: None },
+    }
+}
+
+/// `t` on `device` without making the host wait: a CPU tensor bound for CUDA is copied into
+/// pinned memory and sent asynchronously (PyTorch's `pin_memory()` + `non_blocking=True`; the
+/// caching host allocator keeps the pinned buffer until the copy has run). A plain copy from
+/// pageable memory would synchronise the stream — a stall per training step.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    match (t.device(), device) {
+        (Device::Cpu, Device::Cuda(_)) => {
+            t.pin_memory(device)
+                .to_device_(device, t.kind(), true, false)
+        }
+        _ => t.to_device(device),
+    }
+}
+
+/// [`upload`] of a slice (row indices, per-sample coefficients).
+pub fn upload_slice<T: tch::kind::Element>(v: &[T], device: Device) -> Tensor {
+    upload(&Tensor::from_slice(v), device)
+}
+
+/// Parses a device name: `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => cuda(0),
+        _ => match name.strip_prefix("cuda:") {
+            Some(n) => {
+                let i = n.parse::<usize>().map_err(|_| {
+                    Error::invalid(format!(
+                        "device `{name}`: expected cuda:N with N a GPU index"
+                    ))
+                })?;
+                cuda(i)
+            }
+            None => Err(Error::invalid(format!(
+                "unknown device `{name}`: expected auto, cpu, cuda or cuda:N"
+            ))),
+        },
+    }
+}
+
+fn cuda(i: usize) -> Result<Device> {
+    let n = tch::Cuda::device_count() as usize;
+    if i >= n {
+        return Err(Error::invalid(format!(
+            "device cuda:{i} requested but libtorch sees {n} CUDA device(s)"
+        )));
+    }
+    Ok(Device::Cuda(i))
+}
+
+/// A short human-readable description of a device.
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        d => format!("{d:?}"),
+    }
+}
+
+/// Keeps freed host memory inside the process for reuse, instead of returning it to the
+/// kernel after every tensor: glibc serves allocations above its mmap threshold (at most
+/// 32 MiB) with fresh `mmap` pages, and every first touch of such a page is a page fault
+/// that the kernel pays for by zeroing it. A DSNO pass over a batch of 250 MNIST images
+/// allocates activations of ~50 MiB (B·M images at 16–64 channels), so on the CPU it spent a
+/// third of its time in page faults (`dsno bench engine`, docs/RESULTS.md §2). Turning off
+/// `mmap` for the heap and raising the trim threshold to 2 GiB makes the heap grow once to
+/// the peak and be reused. The cost: the process holds on to its peak heap until it exits.
+/// Call it first in `main`; on targets other than glibc it does nothing and returns false.
+pub fn keep_freed_host_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::raw::c_int;
+        const M_TRIM_THRESHOLD: c_int = -1;
+        const M_MMAP_MAX: c_int = -4;
+        extern "C" {
+            fn mallopt(param: c_int, value: c_int) -> c_int;
+        }
+        // SAFETY: mallopt only changes glibc's allocator tunables; both values are in range.
+        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, c_int::MAX) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

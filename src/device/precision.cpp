@@ -1,0 +1,61 @@
+// How libtorch computes in float32 and under autocast, with a C interface for
+// src/device/mod.rs: bfloat16 autocast regions (as `torch.autocast(device_type, torch.bfloat16)`)
+// and TensorFloat-32 for CUDA matmuls and convolutions (as
+// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`). Built by build.rs against
+// the pinned libtorch wheel's headers. None of these calls throws.
+#include <ATen/Context.h>
+#include <ATen/autocast_mode.h>
+
+namespace {
+
+at::DeviceType device_type(int cuda) { return cuda != 0 ? at::kCUDA : at::kCPU; }
+
+}  // namespace
+
+extern "C" {
+
+// Enters an autocast region for CPU (cuda = 0) or CUDA (cuda = 1) tensors: bfloat16 autocast when
+// `enabled`, autocast off otherwise. Returns the state to give back to dsno_autocast_exit: bit 0
+// whether autocast was enabled, the bits above the previous autocast dtype.
+int dsno_autocast_enter(int cuda, int enabled) {
+  auto d = device_type(cuda);
+  int prev = (at::autocast::is_autocast_enabled(d) ? 1 : 0) |
+             (static_cast<int>(at::autocast::get_autocast_dtype(d)) << 1);
+  at::autocast::set_autocast_enabled(d, enabled != 0);
+  at::autocast::set_autocast_dtype(d, at::kBFloat16);
+  at::autocast::increment_nesting();
+  return prev;
+}
+
+// Leaves the region dsno_autocast_enter opened, restoring the state it returned.
+void dsno_autocast_exit(int cuda, int prev) {
+  auto d = device_type(cuda);
+  if (at::autocast::decrement_nesting() == 0) {
+    at::autocast::clear_cache();
+  }
+  at::autocast::set_autocast_enabled(d, (prev & 1) != 0);
+  at::autocast::set_autocast_dtype(d, static_cast<at::ScalarType>(prev >> 1));
+}
+
+// Whether autocast is on for CPU (cuda = 0) or CUDA (cuda = 1) tensors.
+int dsno_autocast_enabled(int cuda) {
+  return at::autocast::is_autocast_enabled(device_type(cuda)) ? 1 : 0;
+}
+
+// TensorFloat-32 (on) or IEEE float32 (off) for CUDA matmuls and cuDNN convolutions.
+void dsno_set_tf32(int on) {
+  auto p = on != 0 ? at::Float32Precision::TF32 : at::Float32Precision::IEEE;
+  auto& ctx = at::globalContext();
+  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p);
+  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, p);
+}
+
+// 1 when CUDA matmuls run in TensorFloat-32.
+int dsno_tf32() {
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+                 at::Float32Precision::TF32
+             ? 1
+             : 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,171 @@
+//! How training computes (`dsno::device::Precision`): bfloat16 autocast regions that nest and
+//! restore, the TensorFloat-32 switch, TimeConv kept float32 inside autocast (bit-equal to its
+//! float32 run on the same input), and the bundled DSNO operator's bf16 forward pass and
+//! gradients against float32 within bfloat16's precision; a bf16 training run on the CPU.
+mod common;
+
+use dsno::device::{autocast_enabled, full_precision, set_tf32, tf32, Precision};
+use dsno::model::OneStep;
+use dsno::nn::timeconv::{DftPath, TimeConv};
+use tch::{nn, Device, Kind, Tensor};
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[])
+}
+
+#[test]
+fn autocast_regions_nest_and_restore() {
+    let dev = Device::Cpu;
+    let a = Tensor::randn([8, 8], (Kind::Float, dev));
+    assert!(!autocast_enabled(dev));
+    assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    {
+        let _none = Precision::Fp32.autocast(dev);
+        let _tf = Precision::Tf32.autocast(dev);
+        assert!(!autocast_enabled(dev));
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+    {
+        let _amp = Precision::Bf16.autocast(dev);
+        assert!(autocast_enabled(dev));
+        assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+        {
+            let _fp = full_precision(dev);
+            assert!(!autocast_enabled(dev));
+            assert_eq!(a.matmul(&a).kind(), Kind::Float);
+            // a region with autocast off inside it leaves autocast off
+            let _nested = full_precision(dev);
+            assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        }
+        assert!(autocast_enabled(dev), "the inner region did not restore");
+        assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+    }
+    assert!(!autocast_enabled(dev), "the outer region did not restore");
+    assert_eq!(a.matmul(&a).kind(), Kind::Float);
+}
+
+#[test]
+fn the_tf32_switch_round_trips() {
+    let before = tf32();
+    Precision::Bf16.apply();
+    assert!(tf32());
+    Precision::Fp32.apply();
+    assert!(!tf32());
+    Precision::Tf32.apply();
+    assert!(tf32());
+    set_tf32(before);
+    assert_eq!(tf32(), before);
+    for (s, p) in [
+        ("fp32", Precision::Fp32),
+        ("tf32", Precision::Tf32),
+        ("bf16", Precision::Bf16),
+    ] {
+        assert_eq!(Precision::parse(s).unwrap(), p);
+        assert_eq!(p.name(), s);
+    }
+    let e = Precision::parse("fp8").unwrap_err().to_string();
+    assert!(e.contains("fp8") && e.contains("bf16"), "{e}");
+}
+
+#[test]
+fn timeconv_runs_in_float32_inside_autocast() {
+    tch::manual_seed(3);
+    for path in [DftPath::Fft, DftPath::Matmul, DftPath::Dense] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let tc = TimeConv::new(&vs.root(), 8, 2, 4, path).unwrap();
+        let u = Tensor::randn([2, 4, 8, 3, 3], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        let reference = tc.forward(&u.to_kind(Kind::Float));
+        let out = {
+            let _amp = Precision::Bf16.autocast(Device::Cpu);
+            tc.forward(&u)
+        };
+        assert_eq!(out.kind(), Kind::Float, "{path:?}");
+        let diff = (&out - &reference).abs().max().double_value(&[]);
+        assert_eq!(
+            diff, 0.0,
+            "{path:?}: TimeConv under autocast differs from float32"
+        );
+        // its weight's gradient is float32 too
+        tc.weight.shallow_clone().zero_grad();
+        {
+            let _amp = Precision::Bf16.autocast(Device::Cpu);
+            tc.forward(&u).square().sum(Kind::Float)
+        }
+        .backward();
+        assert_eq!(tc.weight.grad().kind(), Kind::Float);
+    }
+}
+
+/// Relative L2 error of the bundled DSNO operator's output, and cosine of its parameter gradient,
+/// under bf16 autocast against float32 (`cargo test --release --test precision -- --nocapture`
+/// prints them).
+#[test]
+fn the_operator_under_bf16_matches_float32_to_bfloat16_precision() {
+    let mut g = OneStep::load(&common::model("mnist-dsno.safetensors"), Device::Cpu).unwrap();
+    g.vs.unfreeze();
+    tch::manual_seed(0);
+    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let target = Tensor::randn([4, 4, 1, 28, 28], (Kind::Float, Device::Cpu)) * 0.5;
+    let run = |p: Precision| -> (Tensor, Tensor) {
+        g.vs.variables().values().for_each(|v| {
+            let mut v = v.shallow_clone();
+            v.zero_grad()
+        });
+        let y = {
+            let _amp = p.autocast(Device::Cpu);
+            g.net.forward(&x, false)
+        };
+        (&y - &target).square().mean(Kind::Float).backward();
+        let mut names: Vec<_> = g.vs.variables().into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let grads: Vec<Tensor> = names.iter().map(|(_, v)| v.grad().reshape([-1])).collect();
+        (y.detach(), Tensor::cat(&grads, 0))
+    };
+    let (y32, g32) = run(Precision::Fp32);
+    let (y16, g16) = run(Precision::Bf16);
+    let err = rel_err(&y16, &y32);
+    let (a, b) = (g16.to_kind(Kind::Double), g32.to_kind(Kind::Double));
+    let cos = (&a * &b).sum(Kind::Double).double_value(&[])
+        / (a.norm().double_value(&[]) * b.norm().double_value(&[]));
+    let gerr = rel_err(&g16, &g32);
+    println!("bf16 vs fp32: output relative error {err:.3e}, gradient cosine {cos:.6}, gradient relative error {gerr:.3e}");
+    // bfloat16 keeps 8 significant bits (unit roundoff 2^-9 = 2e-3); through the U-Net's
+    // layers the output's relative error stays within a few times that
+    assert!(err < 2e-2, "output relative error {err}");
+    assert!(err > 1e-5, "autocast changed nothing ({err})");
+    assert!(cos > 0.999, "gradient cosine {cos}");
+    assert!(gerr < 3e-2, "gradient relative error {gerr}");
+}
+
+/// A training run under bf16 is reproducible bit for bit, differs from the float32 run (the
+/// objective really runs under autocast) and stays within bfloat16's error of its loss.
+#[test]
+fn a_bf16_training_run_is_reproducible_and_close_to_float32() {
+    let _serial = common::serial();
+    let mut cfg = common::tiny_teacher_config(None);
+    cfg.train.steps = 3;
+    cfg.train.log_every = 1;
+    tch::manual_seed(7);
+    let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let dir = common::tempdir("bf16-run");
+    let fit = |name: &str, p: Precision| {
+        let out = dir.join(name);
+        let opts = dsno::train::RunOptions {
+            precision: p,
+            ..common::run(&out, false)
+        };
+        let s = dsno::train::teacher::train(&cfg, images.shallow_clone(), &opts, None).unwrap();
+        (out, s.last_loss)
+    };
+    let (a, la) = fit("a", Precision::Bf16);
+    let (b, lb) = fit("b", Precision::Bf16);
+    let (c, lc) = fit("c", Precision::Fp32);
+    common::assert_same_run_files(&a, &b);
+    assert_eq!(la, lb);
+    assert!(la.is_finite(), "bf16 {la}, fp32 {lc}");
+    assert!((la - lc).abs() < 2e-2 * lc, "bf16 {la}, fp32 {lc}");
+    let bytes = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_ne!(bytes(&a), bytes(&c));
+    std::fs::remove_dir_all(dir).ok();
+}
