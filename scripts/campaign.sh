@@ -21,6 +21,7 @@ W=${W:-runs/campaign}            # working folder (kept between windows on the s
 IN=${IN:-}                       # what the last window brought back (optional)
 OUT=${OUT:-$W/bring-back}
 DEVICE=${DEVICE:-auto}
+PRECISION=${PRECISION:-fp32}     # fp32, tf32 or bf16 (training commands; docs/RESULTS.md §17)
 DSNO=${DSNO:-./dsno}
 INIT=${INIT:-}
 TEACHER_CONFIG=${TEACHER_CONFIG:-configs/mnist.toml}
@@ -55,7 +56,13 @@ for run in teacher dsno kd; do
   if [ -n "$IN" ] && [ -d "$IN/$run" ] && [ ! -f "$W/$run/ckpt.safetensors" ]; then
     mkdir -p "$W/$run"
     dsno checkpoint join "$IN/$run"/ckpt.part-*.safetensors --out "$W/$run/ckpt.safetensors"
-    cp "$IN/$run/model.safetensors" "$IN/$run/log.csv" "$W/$run/"
+    cp "$IN/$run/log.csv" "$W/$run/"
+    # the EMA model, or (left out of what came back) the same file made from the checkpoint
+    if [ -f "$IN/$run/model.safetensors" ]; then
+      cp "$IN/$run/model.safetensors" "$W/$run/"
+    else
+      dsno checkpoint model "$W/$run/ckpt.safetensors" --out "$W/$run/model.safetensors"
+    fi
   fi
 done
 # 2. the teacher, until it has its steps
@@ -63,7 +70,7 @@ teacher_step=$(step "$W/teacher/ckpt.safetensors")
 if [ "$teacher_step" -lt "$TEACHER_STEPS" ]; then
   init=()
   if [ -n "$INIT" ] && [ ! -f "$W/teacher/ckpt.safetensors" ]; then init=(--init "$INIT"); fi
-  bounded "$DSNO" --device "$DEVICE" train-teacher --config "$TEACHER_CONFIG" \
+  bounded "$DSNO" --device "$DEVICE" train-teacher --config "$TEACHER_CONFIG" --precision "$PRECISION" \
     --steps "$TEACHER_STEPS" --out "$W/teacher" $(resume "$W/teacher") ${init[@]+"${init[@]}"}
   teacher_step=$(step "$W/teacher/ckpt.safetensors")
 fi
@@ -79,7 +86,7 @@ if [ "$teacher_step" -ge "$TEACHER_STEPS" ]; then
     pids=()
     for m in dsno kd; do
       bounded "$DSNO" --device "$DEVICE" distill --teacher "$T" --trajectories "$W/traj" \
-        --config "$DISTILL_CONFIG" --method $m --out "$W/$m" $(resume "$W/$m") ${steps[@]+"${steps[@]}"} \
+        --config "$DISTILL_CONFIG" --precision "$PRECISION" --method $m --out "$W/$m" $(resume "$W/$m") ${steps[@]+"${steps[@]}"} \
         > "$W/$m.out" 2>&1 &
       pids+=($!)
     done

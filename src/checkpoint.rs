@@ -486,19 +486,38 @@ pub(crate) fn read_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String,
 pub const TRAIN_PREFIX: &str = "train/";
 
 impl Checkpoint {
+    /// The model's tensors (the EMA weights), without the training state.
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with(TRAIN_PREFIX))
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
     /// Writes the model alone to `path`: its weights (the EMA) and metadata without the training
     /// state, floating tensors stored as `store` if given (e.g. float16 for bundled models).
     /// Returns the number of tensors written.
     pub fn export(&self, path: &Path, store: Option<Kind>) -> Result<usize> {
-        let tensors: Vec<(String, Tensor)> = self
-            .tensors
-            .iter()
-            .filter(|(n, _)| !n.starts_with(TRAIN_PREFIX))
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect();
+        let tensors = self.model_tensors();
         let mut meta = self.meta.clone();
         meta.train = None;
         save(path, &meta, &tensors, store)?;
+        Ok(tensors.len())
+    }
+
+    /// Writes the `model.safetensors` of the training checkpoint read from `from`: the EMA
+    /// weights with the checkpoint's metadata (the run's configuration included), byte for byte
+    /// the file the run wrote beside it. Returns the number of tensors written.
+    pub fn write_model(&self, from: &Path, path: &Path) -> Result<usize> {
+        if !self.tensors.keys().any(|n| n.starts_with(TRAIN_PREFIX)) {
+            return Err(Error::file(
+                from,
+                format!("not a training checkpoint: it holds no `{TRAIN_PREFIX}` tensors"),
+            ));
+        }
+        let tensors = self.model_tensors();
+        save(path, &self.meta, &tensors, None)?;
         Ok(tensors.len())
     }
 

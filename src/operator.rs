@@ -108,7 +108,8 @@ impl Operator {
         Ok(self.forward_emb(x_t, &emb, train))
     }
 
-    /// The network times of the M output times `[M]`, on `x`'s device.
+    /// The network times of the M output times `[M]`, on `x`'s device (copied there without
+    /// waiting for it).
     fn slot_times(&self, x: &Tensor) -> Tensor {
         let t_in: Vec<f32> = self
             .cfg
@@ -116,7 +117,7 @@ impl Operator {
             .iter()
             .map(|&t| self.schedule.t_input(t) as f32)
             .collect();
-        Tensor::from_slice(&t_in).to_device(x.device())
+        crate::device::upload_slice(&t_in, x.device())
     }
 
     /// The pass with the embedding `[B·M, E]` (b-major) given.

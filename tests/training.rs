@@ -337,3 +337,35 @@ fn split_checkpoints_join_back_byte_for_byte_and_refuse_bad_parts() {
     assert!(checkpoint::join(&mixed, &joined).is_err());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_training_checkpoint_rewrites_its_model_file_byte_for_byte() {
+    let _serial = common::serial();
+    let cfg = toy_config(3);
+    let dir = common::tempdir("write-model");
+    fit(&cfg, cfg.data.load(None).unwrap(), &dir, false, None).unwrap();
+    let ckpt = dir.join("ckpt.safetensors");
+    let made = dir.join("made.safetensors");
+    let n = checkpoint::load(&ckpt)
+        .unwrap()
+        .write_model(&ckpt, &made)
+        .unwrap();
+    assert!(n > 0);
+    assert_eq!(
+        common::file_sha256(&made),
+        common::file_sha256(&dir.join("model.safetensors"))
+    );
+    // a model file is not a training checkpoint
+    let model = dir.join("model.safetensors");
+    let e = checkpoint::load(&model)
+        .unwrap()
+        .write_model(&model, &dir.join("again.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a training checkpoint"),
+        "{e}"
+    );
+    assert!(!dir.join("again.safetensors").exists());
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -62,13 +62,11 @@ impl Lpips {
             x.shallow_clone()
         };
         let opts = (x.kind(), x.device());
-        let shift = Tensor::from_slice(&SHIFT)
+        let shift = crate::device::upload_slice(&SHIFT, opts.1)
             .to_kind(opts.0)
-            .to_device(opts.1)
             .view([1, 3, 1, 1]);
-        let scale = Tensor::from_slice(&SCALE)
+        let scale = crate::device::upload_slice(&SCALE, opts.1)
             .to_kind(opts.0)
-            .to_device(opts.1)
             .view([1, 3, 1, 1]);
         let mut h = (x - shift) / scale;
         let mut out = vec![];

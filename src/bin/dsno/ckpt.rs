@@ -1,5 +1,5 @@
-//! `dsno checkpoint split|join|info`: a checkpoint as parts of bounded size, and back; what a
-//! checkpoint is.
+//! `dsno checkpoint split|join|info|model`: a checkpoint as parts of bounded size, and back; what
+//! a checkpoint is; a training checkpoint's model file.
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,15 @@ pub enum Args {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a training checkpoint's model (its EMA weights and metadata): byte for byte the
+    /// model.safetensors the run wrote beside it.
+    Model {
+        /// The training checkpoint (ckpt.safetensors).
+        file: PathBuf,
+        /// The model file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -57,6 +66,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Args::Join { parts, out } => {
             dsno::checkpoint::join(&parts, &out)?;
             println!("{} parts → {}", parts.len(), out.display());
+        }
+        Args::Model { file, out } => {
+            let n = dsno::checkpoint::load(&file)?.write_model(&file, &out)?;
+            println!("{} → {} ({n} tensors)", file.display(), out.display());
         }
     }
     Ok(ExitCode::SUCCESS)
