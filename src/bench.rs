@@ -431,7 +431,8 @@ pub struct TrainTiming {
 /// [`crate::train::distill::distill`] with their `Run` loop, on random data and a store of a
 /// few batches made by the teacher — at each precision, writing its runs under `dir`. The rate
 /// is the log row's over the last `steps` steps, so start-up and the first steps (allocations,
-/// cuDNN's choices) stay out of it.
+/// cuDNN's choices) stay out of it. A run stopped by a signal ([`crate::train::stop_requested`])
+/// ends the measurement with an error.
 pub fn training(
     teacher: &crate::train::teacher::TeacherConfig,
     spec: &TrainSpec,
@@ -466,7 +467,13 @@ pub fn training(
     tch::manual_seed(0);
     let data = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let mut rows = vec![];
-    let mut row = |what: &str, p, out: &std::path::Path, loss: f64| -> Result<()> {
+    let mut row = |what: &str, p, out: &std::path::Path, s: crate::train::Summary| -> Result<()> {
+        if let Some(sig) = s.stopped {
+            return Err(Error::invalid(format!(
+                "bench train: stopped by signal {sig}"
+            )));
+        }
+        let loss = s.last_loss;
         rows.push(TrainTiming {
             what: what.into(),
             precision: p,
@@ -479,7 +486,7 @@ pub fn training(
     for &p in &spec.precisions {
         let out = dir.join(format!("teacher-{}", p.name()));
         let s = tt::train(&cfg, data.shallow_clone(), &opts(out.clone(), p), None)?;
-        row("teacher", p, &out, s.last_loss)?;
+        row("teacher", p, &out, s)?;
     }
     // a store of 2 batches (+ none held out) from the first teacher, in a few solver steps
     let teacher_path = dir
@@ -513,7 +520,7 @@ pub fn training(
             };
             let out = dir.join(format!("{method}-{}", p.name()));
             let s = distill::distill(&dc, &teacher_path, &store, None, &opts(out.clone(), p))?;
-            row(&method.to_string(), p, &out, s.last_loss)?;
+            row(&method.to_string(), p, &out, s)?;
         }
     }
     Ok(rows)

@@ -4,7 +4,7 @@
 //! gradients against float32 within bfloat16's precision; a bf16 training run on the CPU.
 mod common;
 
-use dsno::device::{autocast_enabled, full_precision, set_tf32, tf32, Precision};
+use dsno::device::{autocast_enabled, full_precision, set_tf32, tf32, Precision, Tf32};
 use dsno::model::OneStep;
 use dsno::nn::timeconv::{DftPath, TimeConv};
 use tch::{nn, Device, Kind, Tensor};
@@ -48,12 +48,41 @@ fn autocast_regions_nest_and_restore() {
 #[test]
 fn the_tf32_switch_round_trips() {
     let before = tf32();
-    Precision::Bf16.apply();
-    assert!(tf32());
-    Precision::Fp32.apply();
-    assert!(!tf32());
-    Precision::Tf32.apply();
-    assert!(tf32());
+    let (off, on) = (
+        Tf32 {
+            matmul: false,
+            conv: false,
+        },
+        Tf32 {
+            matmul: true,
+            conv: true,
+        },
+    );
+    for t in [
+        off,
+        on,
+        Tf32 {
+            matmul: true,
+            conv: false,
+        },
+        Tf32 {
+            matmul: false,
+            conv: true,
+        },
+    ] {
+        set_tf32(t);
+        assert_eq!(tf32(), t);
+        // fp32 leaves the switches as they are; tf32 and bf16 turn both on
+        Precision::Fp32.apply();
+        assert_eq!(tf32(), t);
+        Precision::Bf16.apply();
+        assert_eq!(tf32(), on);
+        set_tf32(t);
+        Precision::Tf32.apply();
+        assert_eq!(tf32(), on);
+    }
+    set_tf32(off);
+    assert_eq!(tf32(), off);
     set_tf32(before);
     assert_eq!(tf32(), before);
     for (s, p) in [

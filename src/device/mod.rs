@@ -10,13 +10,14 @@ extern "C" {
     fn dsno_autocast_enter(cuda: c_int, enabled: c_int) -> c_int;
     fn dsno_autocast_exit(cuda: c_int, prev: c_int);
     fn dsno_autocast_enabled(cuda: c_int) -> c_int;
-    fn dsno_set_tf32(on: c_int);
+    fn dsno_set_tf32(state: c_int);
     fn dsno_tf32() -> c_int;
 }
 
 /// How training computes (the `--precision` flag).
 ///
-/// - `Fp32`: IEEE float32 everywhere (the default).
+/// - `Fp32`: float32, with libtorch's defaults, which are PyTorch's: IEEE float32 matmuls, and
+///   cuDNN convolutions free to use TensorFloat-32 on GPUs that have it (the default).
 /// - `Tf32`: float32 tensors, with CUDA matmuls and convolutions in TensorFloat-32 (10-bit
 ///   mantissa products, float32 accumulation); the same as `Fp32` on the CPU.
 /// - `Bf16`: `Tf32`, plus the network's forward pass under bfloat16 autocast (PyTorch's
@@ -53,10 +54,15 @@ impl Precision {
         }
     }
 
-    /// Sets the process-wide float32 mode of CUDA matmuls and convolutions for this precision
-    /// (TensorFloat-32 for `Tf32` and `Bf16`, IEEE for `Fp32`).
+    /// Sets the process-wide float32 mode of CUDA matmuls and convolutions for this precision:
+    /// TensorFloat-32 for both with `Tf32` and `Bf16`; `Fp32` leaves them as they are.
     pub fn apply(self) {
-        set_tf32(self != Precision::Fp32);
+        if self != Precision::Fp32 {
+            set_tf32(Tf32 {
+                matmul: true,
+                conv: true,
+            });
+        }
     }
 
     /// An autocast region for the forward passes on `device`: bfloat16 for `Bf16`, nothing for
@@ -69,16 +75,29 @@ impl Precision {
     }
 }
 
-/// TensorFloat-32 (true) or IEEE float32 (false) for CUDA matmuls and convolutions, process-wide.
-pub fn set_tf32(on: bool) {
-    // SAFETY: sets two fields of libtorch's global context; cannot fail.
-    unsafe { dsno_set_tf32(c_int::from(on)) }
+/// Where CUDA float32 work may use TensorFloat-32 (true) instead of IEEE float32 (false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tf32 {
+    /// Matmuls (cuBLAS); libtorch's default: false.
+    pub matmul: bool,
+    /// cuDNN convolutions; libtorch's default: true.
+    pub conv: bool,
 }
 
-/// Whether CUDA matmuls run in TensorFloat-32.
-pub fn tf32() -> bool {
+/// Sets the process-wide TensorFloat-32 switches of CUDA matmuls and convolutions.
+pub fn set_tf32(t: Tf32) {
+    // SAFETY: sets two fields of libtorch's global context; cannot fail.
+    unsafe { dsno_set_tf32(c_int::from(t.matmul) | (c_int::from(t.conv) << 1)) }
+}
+
+/// The TensorFloat-32 switches of CUDA matmuls and convolutions.
+pub fn tf32() -> Tf32 {
     // SAFETY: reads libtorch's global context.
-    unsafe { dsno_tf32() != 0 }
+    let s = unsafe { dsno_tf32() };
+    Tf32 {
+        matmul: s & 1 != 0,
+        conv: s & 2 != 0,
+    }
 }
 
 /// Whether autocast is on for tensors on `device` in this thread.

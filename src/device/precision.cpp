@@ -1,7 +1,7 @@
 // How libtorch computes in float32 and under autocast, with a C interface for
 // src/device/mod.rs: bfloat16 autocast regions (as `torch.autocast(device_type, torch.bfloat16)`)
 // and TensorFloat-32 for CUDA matmuls and convolutions (as
-// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`). Built by build.rs against
+// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`), read and set separately. Built by build.rs against
 // the pinned libtorch wheel's headers. None of these calls throws.
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
@@ -42,20 +42,22 @@ int dsno_autocast_enabled(int cuda) {
   return at::autocast::is_autocast_enabled(device_type(cuda)) ? 1 : 0;
 }
 
-// TensorFloat-32 (on) or IEEE float32 (off) for CUDA matmuls and cuDNN convolutions.
-void dsno_set_tf32(int on) {
-  auto p = on != 0 ? at::Float32Precision::TF32 : at::Float32Precision::IEEE;
+// TensorFloat-32 or IEEE float32 for CUDA matmuls (bit 0 of `state`: TF32) and cuDNN
+// convolutions (bit 1).
+void dsno_set_tf32(int state) {
+  auto p = [](bool on) { return on ? at::Float32Precision::TF32 : at::Float32Precision::IEEE; };
   auto& ctx = at::globalContext();
-  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p);
-  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, p);
+  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, p((state & 1) != 0));
+  ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, p((state & 2) != 0));
 }
 
-// 1 when CUDA matmuls run in TensorFloat-32.
+// The state dsno_set_tf32 sets: bit 0 when CUDA matmuls use TF32, bit 1 when cuDNN convolutions do.
 int dsno_tf32() {
-  return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
-                 at::Float32Precision::TF32
-             ? 1
-             : 0;
+  auto& ctx = at::globalContext();
+  auto tf32 = [&](at::Float32Op op) {
+    return ctx.float32Precision(at::Float32Backend::CUDA, op) == at::Float32Precision::TF32;
+  };
+  return (tf32(at::Float32Op::MATMUL) ? 1 : 0) | (tf32(at::Float32Op::CONV) ? 2 : 0);
 }
 
 }  // extern "C"

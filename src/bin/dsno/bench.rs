@@ -95,6 +95,8 @@ fn train(a: Args, device: Device) -> Result<ExitCode> {
         describe(device)
     );
     let dir = std::env::temp_dir().join(format!("dsno-bench-train-{}", std::process::id()));
+    // a SIGTERM or Ctrl-C stops the run in progress, and the folder is removed below
+    dsno::train::install_stop_handler();
     let rows = dsno::bench::training(&cfg, &spec, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", dsno::bench::training_table(&rows?));
