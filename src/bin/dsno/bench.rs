@@ -85,12 +85,8 @@ fn train(a: Args, device: Device) -> Result<ExitCode> {
         device,
     };
     println!(
-        "dsno bench train: {} ({} parameters), batch {}, M = {}, {} timed steps after {} warm-up steps, {}\n",
-        a.config.display(),
-        cfg.model.num_params(),
-        a.batch,
-        a.slots,
-        a.iters,
+        "dsno bench train: {}, {} timed steps after as many warm-up steps, {}\n",
+        what_is_measured(&a, &cfg),
         a.iters,
         describe(device)
     );
@@ -172,14 +168,22 @@ fn comm(a: Args, device: &DeviceArg, timeout: Duration) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn engine(a: Args, device: Device) -> Result<ExitCode> {
-    let cfg = TeacherConfig::load(&a.config)?;
-    println!(
-        "dsno bench engine: {} ({} parameters), batch {}, M = {}, modes {}, {} iterations (median), device {}",
+/// The model, its size, the batch and the operator's slots, for the first line of a table.
+fn what_is_measured(a: &Args, cfg: &TeacherConfig) -> String {
+    format!(
+        "{} ({} parameters), batch {}, M = {}",
         a.config.display(),
         cfg.model.num_params(),
         a.batch,
-        a.slots,
+        a.slots
+    )
+}
+
+fn engine(a: Args, device: Device) -> Result<ExitCode> {
+    let cfg = TeacherConfig::load(&a.config)?;
+    println!(
+        "dsno bench engine: {}, modes {}, {} iterations (median), device {}",
+        what_is_measured(&a, &cfg),
         a.modes,
         a.iters,
         describe(device)
