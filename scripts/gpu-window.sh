@@ -12,12 +12,12 @@
 #   cargo build --release && mkdir -p runs/data && cp -r "$DSNO_DATA/mnist" runs/data/
 # and, when a previous window brought state back, copy it to runs/window-in (IN below).
 # Run there, carrying target/release/dsno, runs/data and runs/window-in:
-#   OUT=$OUT BUDGET=780 scripts/gpu-window.sh
+#   OUT=$OUT BUDGET=540 scripts/gpu-window.sh     (run with timeout_s 600)
 #
 # The machine's own PyTorch 2.11 provides libtorch (as scripts/gpu-smoke.sh).
 set -uo pipefail
 OUT=${OUT:?set OUT}
-BUDGET=${BUDGET:-780}
+BUDGET=${BUDGET:-540}   # one device command may run 600 s
 PRECISION=${PRECISION:-bf16}
 IN=${IN:-runs/window-in}
 start=$SECONDS

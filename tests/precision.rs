@@ -257,3 +257,73 @@ fn bench_train_times_every_training_at_every_precision() {
     assert!(fp32.iter().all(|l| l.contains("| 1.00 |")), "{table}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The validation loss is computed in float32 whatever the run's precision (so that patience
+/// compares like with like across resumes at other precisions): with the learning rate 0 the
+/// weights never move, and a bf16 run logs the float32 run's validation losses bit for bit while
+/// its training losses differ.
+#[test]
+fn validation_runs_in_float32_under_bf16() {
+    use dsno::train::distill::{distill, DistillConfig, Regression};
+    use dsno::train::trajectories::{generate, GenerateOptions};
+    let _serial = common::serial();
+    let dir = common::tempdir("bf16-validation");
+    let teacher_path = common::tiny_image_teacher(&dir);
+    let teacher = dsno::model::Teacher::load(&teacher_path, Device::Cpu).unwrap();
+    let store = dir.join("store");
+    let g = GenerateOptions {
+        solver: dsno::solver::Solver::Ddim,
+        steps: 4,
+        count: 24,
+        shard_size: 12,
+        batch: 12,
+        ..Default::default()
+    };
+    generate(&teacher, &teacher_path, &store, &g).unwrap();
+    let mut train = dsno::train::TrainConfig {
+        steps: 2,
+        batch_size: 8,
+        log_every: 1,
+        lr: 0.0,
+        ..Default::default()
+    };
+    train.warmup = 0;
+    let cfg = DistillConfig {
+        method: dsno::operator::Method::Dsno,
+        loss: Regression::L2,
+        modes: 2,
+        dropout: Some(0.0),
+        validation: 8,
+        times: None,
+        shuffle_shards: 0,
+        stream: false,
+        lpips_weights: None,
+        train,
+    };
+    let columns = |p: Precision| -> (Vec<String>, Vec<String>) {
+        let out = dir.join(p.name());
+        let opts = dsno::train::RunOptions {
+            precision: p,
+            ..common::run(&out, false)
+        };
+        distill(&cfg, &teacher_path, &store, None, &opts).unwrap();
+        let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
+        let rows: Vec<Vec<String>> = log
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        let col = |i: usize| rows.iter().map(|r| r[i].clone()).collect::<Vec<_>>();
+        (col(1), col(rows[0].len() - 1))
+    };
+    let (loss32, val32) = columns(Precision::Fp32);
+    let (loss16, val16) = columns(Precision::Bf16);
+    assert_eq!(val32.len(), 2);
+    assert!(
+        val32.iter().all(|v| v.parse::<f64>().unwrap().is_finite()),
+        "{val32:?}"
+    );
+    assert_eq!(val16, val32, "validation losses");
+    assert_ne!(loss16, loss32, "training losses");
+    std::fs::remove_dir_all(dir).ok();
+}

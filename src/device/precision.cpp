@@ -1,8 +1,8 @@
 // How libtorch computes in float32 and under autocast, with a C interface for
 // src/device/mod.rs: bfloat16 autocast regions (as `torch.autocast(device_type, torch.bfloat16)`)
 // and TensorFloat-32 for CUDA matmuls and convolutions (as
-// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`), read and set separately. Built by build.rs against
-// the pinned libtorch wheel's headers. None of these calls throws.
+// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`), read and set separately.
+// Built by build.rs against the pinned libtorch wheel's headers. None of these calls throws.
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 

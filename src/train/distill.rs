@@ -359,13 +359,16 @@ impl Split {
         }
     }
 
-    /// The mean weighted validation loss (NaN without validation data).
+    /// The mean weighted validation loss (NaN without validation data), in float32 whatever the
+    /// run's precision, so that `train.patience` compares like with like across `--resume`s
+    /// at other precisions.
     fn validate(&self, net: &Generator, obj: &Objective, batch: usize) -> Result<f64> {
         let nv = self.x_val.size()[0];
         if nv == 0 {
             return Ok(f64::NAN);
         }
         let _g = tch::no_grad_guard();
+        let _fp32 = crate::device::full_precision(self.device);
         let vb = batch.max(1) as i64;
         let mut total = 0.0;
         for i in (0..nv).step_by(vb as usize) {
