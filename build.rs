@@ -1,7 +1,7 @@
 //! Links libtorch so that the binaries run without LD_LIBRARY_PATH and keep CUDA, and builds the
 //! two C++ files of the crate: the c10d shim (`src/comm/shim.cpp`, docs/ARCHITECTURE.md
-//! "Distributed") and the precision switches (`src/device/precision.cpp`: bfloat16 autocast,
-//! TensorFloat-32).
+//! "Distributed") and the device calls tch lacks (`src/device/native.cpp`: bfloat16 autocast,
+//! TensorFloat-32, pinned memory).
 //!
 //! - rpath to `$LIBTORCH/lib`, so `cargo run`, the tests and `target/release/dsno` find libtorch;
 //!   on another machine, `LD_LIBRARY_PATH` pointing at that machine's `torch/lib` takes precedence.
@@ -18,7 +18,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DSNO_GLOO_INCLUDE");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/comm/shim.cpp");
-    println!("cargo:rerun-if-changed=src/device/precision.cpp");
+    println!("cargo:rerun-if-changed=src/device/native.cpp");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         return;
     };
@@ -64,11 +64,11 @@ fn build(torch: &Path) -> cc::Build {
     b
 }
 
-/// Compiles `src/device/precision.cpp` (autocast and TF32 switches; CPU and CUDA builds alike).
+/// Compiles `src/device/native.cpp` (autocast, TF32, pinned memory; CPU and CUDA builds alike).
 fn precision(torch: &Path) {
     build(torch)
-        .file("src/device/precision.cpp")
-        .compile("dsno_precision");
+        .file("src/device/native.cpp")
+        .compile("dsno_device");
 }
 
 /// Compiles `src/comm/shim.cpp` against libtorch's headers at `torch` (the wheel's folder).

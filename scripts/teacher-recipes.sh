@@ -29,6 +29,10 @@ edits() {
       echo "s/^lr = .*/lr = 1e-3/;s/^dropout = .*/dropout = 0.0/;s/^loss_weight = .*/loss_weight = \"truncated_snr\"/" ;;
     wide32) echo "s/^lr = .*/lr = 1e-3/;s/^dropout = .*/dropout = 0.0/;s/^channels = .*/channels = 32/" ;;
     batch128) echo "s/^lr = .*/lr = 1e-3/;s/^dropout = .*/dropout = 0.0/;s/^batch_size = .*/batch_size = 128/" ;;
+    # batch 128 with the learning rate scaled from lr1e-3-nodrop's: by √2 (Adam's square-root
+    # rule) and by 2 (the linear rule)
+    batch128-lrsqrt) echo "s/^lr = .*/lr = 1.414e-3/;s/^dropout = .*/dropout = 0.0/;s/^batch_size = .*/batch_size = 128/" ;;
+    batch128-lrlin) echo "s/^lr = .*/lr = 2e-3/;s/^dropout = .*/dropout = 0.0/;s/^batch_size = .*/batch_size = 128/" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

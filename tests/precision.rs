@@ -327,3 +327,24 @@ fn validation_runs_in_float32_under_bf16() {
     assert_ne!(loss16, loss32, "training losses");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Pinned host memory: a page-locked copy with the same values where libtorch can pin (a CUDA
+/// driver), else a clear error; `upload` falls back to a plain copy either way.
+#[test]
+fn pinning_copies_or_says_why_not() {
+    let _serial = common::serial();
+    let t = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]);
+    match dsno::device::pin(&t) {
+        Ok(p) => {
+            assert!(p.is_pinned(Device::Cuda(0)));
+            assert_eq!(p.size(), t.size());
+            assert_eq!((&p - &t).abs().max().double_value(&[]), 0.0);
+        }
+        Err(e) => {
+            assert!(!tch::Cuda::is_available(), "{e}");
+            assert!(e.to_string().contains("cannot pin host memory"), "{e}");
+        }
+    }
+    let u = dsno::device::upload(&t, Device::Cpu);
+    assert_eq!((&u - &t).abs().max().double_value(&[]), 0.0);
+}

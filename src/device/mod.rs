@@ -1,9 +1,9 @@
 //! Choosing where tensors live — `auto` (CUDA when libtorch sees a GPU, else CPU), `cpu`,
 //! `cuda[:N]` — and how they compute there ([`Precision`]: float32, TensorFloat-32 or bfloat16
-//! autocast, switched through `precision.cpp`), and copying to a device without waiting for it
+//! autocast, switched through `native.cpp`), and copying to a device without waiting for it
 //! ([`upload`]).
 use crate::{Error, Result};
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int, c_void, CStr};
 use tch::{Device, Tensor};
 
 extern "C" {
@@ -12,6 +12,8 @@ extern "C" {
     fn dsno_autocast_enabled(cuda: c_int) -> c_int;
     fn dsno_set_tf32(state: c_int);
     fn dsno_tf32() -> c_int;
+    fn dsno_pin_memory(t: *mut c_void, err: *mut *mut c_char) -> *mut c_void;
+    fn dsno_device_free_string(s: *mut c_char);
 }
 
 /// How training computes (the `--precision` flag).
@@ -145,14 +147,38 @@ pub fn full_precision(device: Device) -> Autocast {
 /// `t` on `device` without making the host wait: a CPU tensor bound for CUDA is copied into
 /// pinned memory and sent asynchronously (PyTorch's `pin_memory()` + `non_blocking=True`; the
 /// caching host allocator keeps the pinned buffer until the copy has run). A plain copy from
-/// pageable memory would synchronise the stream — a stall per training step.
+/// pageable memory would synchronise the stream — a stall per training step. Where pinning
+/// fails (no CUDA driver), the plain copy.
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     match (t.device(), device) {
-        (Device::Cpu, Device::Cuda(_)) => {
-            t.pin_memory(device)
-                .to_device_(device, t.kind(), true, false)
-        }
+        (Device::Cpu, Device::Cuda(_)) => match pin(t) {
+            Ok(p) => p.to_device_(device, t.kind(), true, false),
+            Err(_) => t.to_device(device),
+        },
         _ => t.to_device(device),
+    }
+}
+
+/// A page-locked copy of the CPU tensor `t`.
+pub fn pin(t: &Tensor) -> Result<Tensor> {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    let mut src = t.shallow_clone();
+    // SAFETY: `src` is a live tensor handle for the call; the result is a new handle (owned by
+    // the returned Tensor) or null with a malloc'd message, which is freed here.
+    unsafe {
+        let p = dsno_pin_memory(src.as_mut_ptr() as *mut c_void, &mut err);
+        if p.is_null() {
+            let msg = match err.is_null() {
+                true => "unknown error".to_string(),
+                false => {
+                    let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+                    dsno_device_free_string(err);
+                    m
+                }
+            };
+            return Err(Error::invalid(format!("cannot pin host memory: {msg}")));
+        }
+        Ok(Tensor::from_ptr(p as *mut _))
     }
 }
 

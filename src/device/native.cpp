@@ -1,14 +1,29 @@
-// How libtorch computes in float32 and under autocast, with a C interface for
-// src/device/mod.rs: bfloat16 autocast regions (as `torch.autocast(device_type, torch.bfloat16)`)
-// and TensorFloat-32 for CUDA matmuls and convolutions (as
-// `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`), read and set separately.
-// Built by build.rs against the pinned libtorch wheel's headers. None of these calls throws.
+// The libtorch calls src/device/mod.rs needs and tch does not bind, with a C interface: how
+// libtorch computes in float32 and under autocast — bfloat16 autocast regions (as
+// `torch.autocast(device_type, torch.bfloat16)`) and TensorFloat-32 for CUDA matmuls and
+// convolutions (as `torch.backends.{cuda.matmul,cudnn.conv}.fp32_precision = "tf32"`), read and
+// set separately — and pinned host memory (`Tensor.pin_memory()`). Built by build.rs against the
+// pinned libtorch wheel's headers. Only dsno_pin_memory can fail; it returns the error as a
+// message (free it with dsno_device_free_string).
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 namespace {
 
 at::DeviceType device_type(int cuda) { return cuda != 0 ? at::kCUDA : at::kCPU; }
+
+char* copy(const std::string& s) {
+  char* p = static_cast<char*>(std::malloc(s.size() + 1));
+  if (p != nullptr) {
+    std::memcpy(p, s.c_str(), s.size() + 1);
+  }
+  return p;
+}
 
 }  // namespace
 
@@ -59,5 +74,22 @@ int dsno_tf32() {
   };
   return (tf32(at::Float32Op::MATMUL) ? 1 : 0) | (tf32(at::Float32Op::CONV) ? 2 : 0);
 }
+
+// A page-locked copy of the CPU tensor `t` (tch's `at::Tensor*` handle), as `t.pin_memory()`
+// with no device argument (tch's binding passes one, which libtorch deprecates with a warning at
+// each call). Returns a new handle, or null with the message in *err.
+void* dsno_pin_memory(void* t, char** err) {
+  try {
+    return new at::Tensor(static_cast<at::Tensor*>(t)->pin_memory());
+  } catch (const c10::Error& e) {
+    *err = copy(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    *err = copy(e.what());
+  }
+  return nullptr;
+}
+
+// Frees a message of dsno_pin_memory.
+void dsno_device_free_string(char* s) { std::free(s); }
 
 }  // extern "C"
