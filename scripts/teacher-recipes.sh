@@ -55,7 +55,7 @@ done
 
 # the table: variant, steps, training seconds (sum of the log's step times), FD, precision, recall
 .venv/bin/python - "$W" $VARIANTS > "$W/recipes.csv" <<'PY'
-import csv, json, os, sys
+import csv, json, os, re, sys
 w, names = sys.argv[1], sys.argv[2:]
 print("variant,steps,train_s,fd,precision,recall")
 for v in names:
@@ -65,7 +65,8 @@ for v in names:
     rows = list(csv.DictReader(open(os.path.join(w, v, "teacher", "log.csv"))))
     # samples/s is logged over the window since the last row
     secs, last = 0.0, 0
-    batch = 128 if v == "batch128" else 64
+    cfg = open(os.path.join(w, v, "config.toml")).read()
+    batch = int(re.search(r"^batch_size = (\d+)", cfg, re.M).group(1))
     for r in rows:
         s = int(r["step"])
         secs += (s - last) * batch / max(float(r["samples_per_s"]), 1e-9)
