@@ -348,3 +348,40 @@ fn sample_writes_grids_and_trajectory_strips() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("NFE 3"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `timeout` sends its SIGTERM twice, to the command and to its process group: a training
+/// command takes a repeat within a second as the same request, finishes its step, saves it and
+/// exits with 143. (The MNIST U-Net's steps take over a second on one thread, so the repeat,
+/// 100 ms after the first, arrives mid-step.)
+#[test]
+fn a_repeated_sigterm_stops_training_after_a_saved_step() {
+    let dir = common::tempdir("double-term");
+    let out = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dsno"))
+        .args(["--device", "cpu", "--threads", "1", "train-teacher"])
+        .args(["--config", "configs/mnist.toml", "--data"])
+        .arg(common::data_dir("mnist"))
+        .arg("--out")
+        .arg(&out)
+        .current_dir(common::root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for _ in 0..2 {
+        // SAFETY: kill(2) on our own child's pid
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}\n{err}");
+    assert!(err.contains("stopped by signal 15"), "{err}");
+    let step = dsno::model::peek(&out.join("ckpt.safetensors"))
+        .unwrap()
+        .step;
+    assert!(step >= 1, "saved at step {step}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -221,9 +221,12 @@ fn init_starts_from_a_teachers_weights_and_refuses_another_model() {
             .into_iter()
             .collect::<Vec<_>>()
     };
-    // learning rate 0: the weights stay where --init put them
+    // learning rate 0: the weights stay where --init put them; another dropout (a training
+    // setting) starts from the same weights
     let mut frozen = cfg.clone();
     frozen.train.lr = 0.0;
+    frozen.model.set_dropout(0.25);
+    assert_ne!(frozen.model, cfg.model);
     frozen.train.steps = 2;
     frozen.train.checkpoint_every = 2;
     let second = common::tempdir("init-second");

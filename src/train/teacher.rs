@@ -366,8 +366,9 @@ fn x_hat_of(p: Prediction, out: Tensor, z: &Tensor, a: &Tensor, s: &Tensor) -> T
     }
 }
 
-/// Loads a teacher checkpoint's weights into `vs` for a fresh run of `cfg`: the same model, or
-/// the unconditional version of `cfg`'s class-conditional one (its class embedding stays zero).
+/// Loads a teacher checkpoint's weights into `vs` for a fresh run of `cfg`: the same model (its
+/// dropout aside), or the unconditional version of `cfg`'s class-conditional one (its class
+/// embedding stays zero).
 fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> {
     let ck = checkpoint::load(path)?;
     if ck.meta.kind != ModelKind::Teacher {
@@ -379,10 +380,14 @@ fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> 
             ),
         ));
     }
-    if ck.meta.model == cfg.model {
+    // dropout is a training setting, not part of the weights
+    let (mut theirs, mut mine) = (ck.meta.model.clone(), cfg.model.clone());
+    theirs.set_dropout(0.0);
+    mine.set_dropout(0.0);
+    if theirs == mine {
         return ck.load_into(vs, "", path);
     }
-    if ck.meta.model.num_classes().is_none() && cfg.model.unconditional() == ck.meta.model {
+    if theirs.num_classes().is_none() && mine.unconditional() == theirs {
         return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
     }
     Err(Error::file(
