@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: sets up libtorch on first use, makes sure the MNIST and Fashion-MNIST
-# files are at hand, then runs `cargo test --release`.
+# files are at hand, then runs `cargo test --release --no-fail-fast` (every test binary runs, so
+# one red test does not hide the rest). Arguments are passed on to cargo test.
 # (Release: the tests train small networks; the same build serves ./dsno.)
 #
 # Data: `DSNO_DATA` if set; else this team's copy in ../shared/data when it exists; else the
@@ -24,4 +25,4 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/dsno"
 ./dsno data fetch inception --dir "$cache"
 .venv/bin/python -c "import numpy" 2>/dev/null \
   || .venv/bin/pip install --disable-pip-version-check -q "numpy==2.4.6" >&2
-exec cargo test --release "$@"
+exec cargo test --release --no-fail-fast "$@"

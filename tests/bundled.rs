@@ -1,18 +1,31 @@
-//! The bundled models sample bit for bit as they did when the fixtures were made
+//! The bundled models sample as they did when the fixtures were made
 //! (`scripts/make-bundled-fixtures.sh`): the built-in DSNO model, the KD model, the teacher
 //! with DPM-Solver++(2M) and the built-in class-conditional DSNO (`--classes`), 16 / 16 / 8 / 20
-//! samples from seed 0 on the CPU. The fixtures are the raw
-//! sample files of `dsno sample --safetensors`; the `samples` tensors are compared bit for bit.
+//! samples from seed 0 on the CPU. The fixtures are the raw sample files of
+//! `dsno sample --safetensors`; the `samples` tensors are compared to [`SAMPLE_ATOL`].
+//!
+//! The fixtures were made on one processor; libtorch picks other kernels on others (ATen per
+//! instruction set, oneDNN and MKL per processor), so across machines the samples are the same
+//! values, not the same bits. Bit-identity of two runs on one machine is tested where it is
+//! promised (tests/training.rs, tests/store.rs, tests/data_parallel.rs).
 mod common;
 
 use common::{dsno, model, root, tempdir};
+
+/// The largest |Δ| allowed between a sample and its fixture, samples being in [−1, 1]. Across the
+/// emulated instruction sets and thread counts of scripts/isa-spread.sh the samples move by at
+/// most SPREAD (docs/RESULTS.md, "Across CPUs"), and by ~1e-5 on another CPU (an AVX-512 Xeon
+/// against the fixtures' EPYC); a change of behaviour — another seed, solver step, weight or
+/// schedule — moves them by 1e-2 or more. 1e-4 sits between the two, an eighth of a level of an
+/// 8-bit image.
+const SAMPLE_ATOL: f64 = 1e-4;
 
 /// The least class accuracy of the bundled conditional DSNO's `--classes --count 20` grid: 0.710
 /// measured (docs/RESULTS.md §13), chance 0.1.
 const ACCURACY_BAR: f64 = 0.6;
 
 #[test]
-fn bundled_models_sample_bit_identically_to_their_fixtures() {
+fn bundled_models_sample_as_their_fixtures() {
     let dir = tempdir("bundled");
     let kd = model("mnist-kd.safetensors");
     let teacher = model("mnist-teacher.safetensors");
@@ -48,12 +61,8 @@ fn bundled_models_sample_bit_identically_to_their_fixtures() {
         );
         let fixture = root().join(format!("tests/fixtures/bundled/{name}.safetensors"));
         let (got, want) = (samples(&raw), samples(&fixture));
-        assert_eq!(got.size(), want.size(), "{name}");
-        assert!(
-            got.equal(&want),
-            "{name}: the samples differ from {}",
-            fixture.display()
-        );
+        let what = format!("bundled {name}");
+        common::assert_close(&what, &got, &want, SAMPLE_ATOL, 0.0);
     }
     std::fs::remove_dir_all(dir).ok();
 }

@@ -29,7 +29,13 @@ fn get(f: &[(String, Tensor)], name: &str) -> Tensor {
         .shallow_clone()
 }
 
-/// max |a − b| / max |b|.
+/// max |a − b| / max |b|: the error relative to the tensor's scale (never to an element near
+/// zero), printed as a `fixture-diff WHAT` line for scripts/isa-spread.sh.
+fn rel_named(what: &str, a: &Tensor, b: &Tensor) -> f64 {
+    common::fixture_diff(what, a, b, 0.0).scaled()
+}
+
+/// [`rel_named`] of two tensors computed here (not a fixture).
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
     (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[])
@@ -71,7 +77,11 @@ fn networks_match_diffusers_at_integer_and_fractional_timesteps() {
         for which in ["int", "frac"] {
             let t = get(&f, &format!("{name}.t_{which}"));
             let y = net.forward_labels(&x, &t, labels.as_ref()).unwrap();
-            let e = rel(&y, &get(&f, &format!("{name}.y_{which}")));
+            let e = rel_named(
+                &format!("diffusers {name} network ({which} t)"),
+                &y,
+                &get(&f, &format!("{name}.y_{which}")),
+            );
             println!("{name} ({which} timesteps): max rel. error {e:.2e}");
             assert!(e < 1e-5, "{name} {which}: {e:.2e}");
         }
@@ -137,7 +147,7 @@ fn ddim_and_dpm_solver_match_diffusers_schedulers() {
             let g = grid(&s, &get(&f, &format!("{name}.timesteps")));
             assert_eq!(g.len(), steps + 1);
             let tr = solver.solve(&teacher, &s, &x_t, &g, &[]).unwrap();
-            let e = rel(&tr.end, &get(&f, &name));
+            let e = rel_named(&format!("diffusers {name}"), &tr.end, &get(&f, &name));
             println!("{} @ {steps}: max rel. error {e:.2e}", solver.name());
             assert!(e < 1e-4, "{name}: {e:.2e}");
         }

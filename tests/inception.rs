@@ -25,11 +25,11 @@ fn get(f: &[(String, Tensor)], name: &str) -> Tensor {
         .shallow_clone()
 }
 
-/// max |a − b| / max |b|.
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_kind(Kind::Double);
-    let b = b.to_kind(Kind::Double);
-    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[])
+/// max |a − b| / max |b|: the error relative to the fixture's scale (never to an element near
+/// zero: features after the pool and Σ's off-diagonal entries cross zero), printed as a
+/// `fixture-diff WHAT` line for scripts/isa-spread.sh.
+fn rel(what: &str, a: &Tensor, b: &Tensor) -> f64 {
+    common::fixture_diff(what, a, b, 0.0).scaled()
 }
 
 fn weights() -> Option<PathBuf> {
@@ -59,15 +59,20 @@ fn features_statistics_and_distance_match_the_reference() {
         let ours = net.features(&x, 12, |k| seen += k).unwrap();
         assert_eq!(seen, 32);
         let want = get(&f, &format!("features_{set}"));
-        let e = rel(&ours, &want);
+        let e = rel(&format!("inception features {set}"), &ours, &want);
         println!("{set}: features max rel. error {e:.2e}");
         assert!(e < 1e-4, "{set}: features differ by {e:.2e} (relative)");
         let s = FidStats::of_features(&ours).unwrap();
         let mu = get(&f, &format!("mu_{set}"));
         let rows = s.sigma.slice(0, 0, 2048, 256);
-        let e_mu = rel(&s.mu, &mu);
-        let e_rows = rel(&rows, &get(&f, &format!("sigma_{set}_rows")));
+        let e_mu = rel(&format!("inception mu {set}"), &s.mu, &mu);
+        let e_rows = rel(
+            &format!("inception sigma rows {set}"),
+            &rows,
+            &get(&f, &format!("sigma_{set}_rows")),
+        );
         let e_diag = rel(
+            &format!("inception sigma diagonal {set}"),
             &s.sigma.diagonal(0, 0, 1),
             &get(&f, &format!("sigma_{set}_diag")),
         );
@@ -122,7 +127,7 @@ fn npz_written_by_numpy_is_read() {
     assert!((a[1] - a[16]).abs() > 1e-3, "the matrix is not symmetric");
     let mu32 = FidStats::read(&numpy_fixture("stats-numpy-fortran.npz")).unwrap();
     assert!(
-        rel(&mu32.mu, &plain.mu) < 1e-6,
+        rel("npz float32 mu", &mu32.mu, &plain.mu) < 1e-6,
         "float32 mu read as float64"
     );
 }

@@ -1,6 +1,6 @@
 //! LPIPS (VGG-16 trunk, no linear layers) against the `lpips` package: the distances of the
 //! fixture's image pairs (tests/fixtures/make-lpips.py, the same closed-form VGG weights) to
-//! 1e-5 relative, layer by layer; and its gradient against finite differences in float64.
+//! 1e-5 of their scale, layer by layer; and its gradient against finite differences in float64.
 mod common;
 
 use dsno::nn::lpips::Lpips;
@@ -37,6 +37,20 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     ((a - b).abs() / b.abs()).max().double_value(&[])
 }
 
+/// The tolerance against the reference package, relative to the largest value compared: the
+/// distances are O(0.1–1) and a layer's term can be near zero, where an elementwise relative
+/// error is rounding noise over a tiny denominator (0.93 seen on an AVX-512 Xeon for a layer
+/// value agreeing to 1e-7 absolutely). Measured spread across the emulated instruction sets of
+/// scripts/isa-spread.sh: SPREAD (docs/RESULTS.md, "Across CPUs"); float32 rounding of a sum
+/// over 5 layers and 32×32 positions is ~1e-6 of its scale.
+const SCALE_RTOL: f64 = 1e-5;
+
+/// Asserts `got` is within [`SCALE_RTOL`] of `want`'s largest magnitude, elementwise.
+fn assert_near(what: &str, got: &Tensor, want: &Tensor) {
+    let scale = want.abs().max().double_value(&[]);
+    common::assert_close(what, got, want, SCALE_RTOL * scale, 0.0);
+}
+
 #[test]
 fn lpips_matches_the_reference_package() {
     let vs = nn::VarStore::new(Device::Cpu);
@@ -52,20 +66,13 @@ fn lpips_matches_the_reference_package() {
         Vec::<f64>::try_from(&d).unwrap(),
         Vec::<f64>::try_from(&get(&f, "distance")).unwrap()
     );
-    assert!(
-        max_rel(&layers, &get(&f, "layers")) < 1e-5,
-        "layers: {}",
-        max_rel(&layers, &get(&f, "layers"))
-    );
-    assert!(
-        max_rel(&d, &get(&f, "distance")) < 1e-5,
-        "distance: {}",
-        max_rel(&d, &get(&f, "distance"))
-    );
+    assert_near("lpips layers", &layers, &get(&f, "layers"));
+    assert_near("lpips distance", &d, &get(&f, "distance"));
     // grey images are repeated to three channels
     let dg = net.distance(&get(&f, "grey0"), &get(&f, "grey1"));
-    assert!(max_rel(&dg, &get(&f, "grey_distance")) < 1e-5);
-    // a distance: zero for equal images, symmetric
+    assert_near("lpips grey distance", &dg, &get(&f, "grey_distance"));
+    // a distance: zero for equal images, symmetric (one machine, one computation: no fixture;
+    // the distances are well away from zero, so the elementwise ratio is safe here)
     assert!(net.distance(&x0, &x0).abs().max().double_value(&[]) < 1e-12);
     assert!(max_rel(&net.distance(&x1, &x0), &d) < 1e-6);
 }

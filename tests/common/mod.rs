@@ -30,9 +30,14 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The folder of data set `name` (`mnist`, `fashion-mnist`): `$DSNO_DATA/<name>` or the user
 /// cache, as `dsno` resolves it. `scripts/test.sh` sets `DSNO_DATA` or fetches the data first.
+/// Without the data a test fails with one line saying how to get it.
 pub fn data_dir(name: &str) -> PathBuf {
     dsno::data::fetch::locate(name, None).unwrap_or_else(|e| {
-        panic!("{e}\n(the tests need the data sets: run scripts/test.sh, which fetches them)")
+        let e = e.to_string().replace('\n', " ");
+        panic!(
+            "the tests need the {name} data set: run `./dsno data fetch {name}` (scripts/test.sh \
+             fetches every set it needs) or set DSNO_DATA to a folder holding {name}/ — {e}"
+        )
     })
 }
 
@@ -115,4 +120,73 @@ pub fn tiny_image_teacher(dir: &Path) -> PathBuf {
     let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     train(&cfg, images, &run(&dir.join("teacher"), false), None).unwrap();
     dir.join("teacher/model.safetensors")
+}
+
+/// How far a computed tensor is from a stored fixture, measured in float64.
+#[derive(Debug, Clone, Copy)]
+pub struct FixtureDiff {
+    /// max |got − want|
+    pub max_abs: f64,
+    /// max |want|, the fixture's scale
+    pub scale: f64,
+    /// max over elements of (|got − want| − atol) / |want|: the least `rtol` that `atol` needs
+    /// (0 when `atol` alone covers every element)
+    pub rtol_needed: f64,
+}
+
+impl FixtureDiff {
+    /// max |got − want| / max |want|: the error relative to the tensor's scale, never to an
+    /// element that may be near zero.
+    pub fn scaled(&self) -> f64 {
+        self.max_abs / self.scale.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Compares `got` with the fixture tensor `want` as `numpy.allclose` does —
+/// |got − want| ≤ atol + rtol·|want| elementwise, shapes equal, no NaN — and prints one line,
+/// `fixture-diff WHAT: max|Δ| …, max|Δ|/max|want| …`, which scripts/isa-spread.sh collects under
+/// each emulated instruction set (docs/RESULTS.md, "Across CPUs"). libtorch chooses its kernels
+/// per processor, so a fixture made on one CPU is matched to a measured tolerance, never bit
+/// for bit; bit-identity is tested between two runs on one machine instead.
+pub fn assert_close(what: &str, got: &tch::Tensor, want: &tch::Tensor, atol: f64, rtol: f64) {
+    let d = fixture_diff(what, got, want, atol);
+    assert!(
+        d.max_abs.is_finite() && d.rtol_needed <= rtol,
+        "{what}: differs from its fixture beyond |Δ| ≤ {atol:e} + {rtol:e}·|want| \
+         (max |Δ| {:.3e}, max |want| {:.3e}, rtol needed {:.3e})",
+        d.max_abs,
+        d.scale,
+        d.rtol_needed
+    );
+}
+
+/// The difference of `got` from `want` (see [`FixtureDiff`]), printed as one `fixture-diff` line.
+pub fn fixture_diff(what: &str, got: &tch::Tensor, want: &tch::Tensor, atol: f64) -> FixtureDiff {
+    use tch::Kind;
+    assert_eq!(got.size(), want.size(), "{what}: shape");
+    let (a, b) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
+    let diff = (&a - &b).abs();
+    let max_abs = diff.max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]);
+    // elements with want = 0 and |Δ| > atol need an infinite rtol: so they fail any tolerance
+    let excess = (&diff - atol).clamp_min(0.0);
+    let rtol_needed = (&excess / b.abs())
+        .nan_to_num(0.0, f64::INFINITY, f64::INFINITY)
+        .max()
+        .double_value(&[]);
+    let d = FixtureDiff {
+        max_abs: if max_abs.is_nan() {
+            f64::INFINITY
+        } else {
+            max_abs
+        },
+        scale,
+        rtol_needed,
+    };
+    println!(
+        "fixture-diff {what}: max|Δ| {:.3e}, max|Δ|/max|want| {:.3e}",
+        d.max_abs,
+        d.scaled()
+    );
+    d
 }
