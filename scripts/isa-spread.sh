@@ -20,6 +20,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# the data as scripts/test.sh finds it
+if [ -z "${DSNO_DATA:-}" ] && [ -d "$root/../shared/data/mnist" ] \
+  && [ -d "$root/../shared/data/fashion-mnist" ]; then
+  export DSNO_DATA="$root/../shared/data"
+fi
 tests=(--test bundled --test lpips --test inception --test diffusers)
 if [ "${1:-}" = --whole-suite ]; then
   tests=(--no-fail-fast)
@@ -30,7 +35,6 @@ if [ $# -gt 0 ]; then
 else
   settings=(
     "native"
-    "ATEN_CPU_CAPABILITY=avx512"
     "ATEN_CPU_CAPABILITY=avx2"
     "ATEN_CPU_CAPABILITY=default"
     "ONEDNN_MAX_CPU_ISA=AVX2"
