@@ -16,7 +16,7 @@
 #   OMP_NUM_THREADS         libtorch's intra-op threads (another thread count splits reductions)
 # A setting that asks for more than the processor has is clamped by the library itself.
 # The tests themselves must pass under each setting; the script stops at the first that fails.
-# Results: docs/RESULTS.md, "Across CPUs".
+# Results: docs/RESULTS.md §18.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -60,7 +60,7 @@ for s in "${settings[@]}"; do
     exit 1
   fi
   echo "isa-spread: $s: passed in $((SECONDS - start)) s" >&2
-  grep -o 'fixture-diff .*' "$work/$i.log" | sed "s/^/$i\t/" >>"$work/all.tsv" || true
+  grep -o 'fixture-diff .*' "$work/$i.log" | sed "s/^/$i\t/" | tee -a "$work/all.tsv" >&2 || true
   i=$((i + 1))
 done
 # One row per fixture, one column per setting: the max |Δ| seen (the worst over repeated lines).

@@ -40,9 +40,9 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
 /// The tolerance against the reference package, relative to the largest value compared: the
 /// distances are O(0.1–1) and a layer's term can be near zero, where an elementwise relative
 /// error is rounding noise over a tiny denominator (0.93 seen on an AVX-512 Xeon for a layer
-/// value agreeing to 1e-7 absolutely). Measured spread across the emulated instruction sets of
-/// scripts/isa-spread.sh: SPREAD (docs/RESULTS.md, "Across CPUs"); float32 rounding of a sum
-/// over 5 layers and 32×32 positions is ~1e-6 of its scale.
+/// value agreeing to 1e-7 absolutely). Measured across the emulated instruction sets of
+/// scripts/isa-spread.sh: at most 1.0e-6 of the scale (docs/RESULTS.md §18), the float32
+/// rounding of a sum over 5 layers and 32×32 positions.
 const SCALE_RTOL: f64 = 1e-5;
 
 /// Asserts `got` is within [`SCALE_RTOL`] of `want`'s largest magnitude, elementwise.

@@ -62,6 +62,8 @@ fn a_pd_cifar10_tree_converts_into_the_dsno_unet() {
 
     let p = Tensor::read_safetensors(&probe).unwrap();
     let t = |name: &str| ck.tensors[name].to_kind(Kind::Float);
+    // Exact: the conversion only moves and transposes stored values (no arithmetic), so any
+    // processor gives the same bits.
     let same = |a: &Tensor, b: &Tensor, what: &str| {
         assert_eq!(a.size(), b.size(), "{what}");
         assert!(a.equal(b), "{what}: values differ");

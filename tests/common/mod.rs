@@ -145,7 +145,7 @@ impl FixtureDiff {
 /// Compares `got` with the fixture tensor `want` as `numpy.allclose` does —
 /// |got − want| ≤ atol + rtol·|want| elementwise, shapes equal, no NaN — and prints one line,
 /// `fixture-diff WHAT: max|Δ| …, max|Δ|/max|want| …`, which scripts/isa-spread.sh collects under
-/// each emulated instruction set (docs/RESULTS.md, "Across CPUs"). libtorch chooses its kernels
+/// each emulated instruction set (docs/RESULTS.md §18). libtorch chooses its kernels
 /// per processor, so a fixture made on one CPU is matched to a measured tolerance, never bit
 /// for bit; bit-identity is tested between two runs on one machine instead.
 pub fn assert_close(what: &str, got: &tch::Tensor, want: &tch::Tensor, atol: f64, rtol: f64) {
