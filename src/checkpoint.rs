@@ -299,6 +299,8 @@ pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::P
         .unwrap_or_else(|| "checkpoint".into());
     let n = parts.len();
     let mut out = vec![];
+    // all parts or none
+    let mut files = crate::util::fsio::Outputs::new();
     for (k, tensors) in parts.iter().enumerate() {
         let file = dir.join(format!("{stem}.part-{k}.safetensors"));
         let info = BTreeMap::from([
@@ -307,9 +309,10 @@ pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::P
             (PART_KEY.to_string(), format!("{k}/{n}")),
             (WHOLE_KEY.to_string(), whole.clone()),
         ]);
-        write_safetensors(&file, tensors, None, info)?;
+        write_safetensors(&files.stage(&file)?, tensors, None, info)?;
         out.push(file);
     }
+    files.commit()?;
     Ok(out)
 }
 
@@ -321,7 +324,7 @@ pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut whole = None;
     for p in parts {
-        let bytes = std::fs::read(p).map_err(|e| Error::file(p, format!("cannot read: {e}")))?;
+        let bytes = crate::util::fsio::read(p)?;
         let ck = load_bytes(&bytes, p)?;
         let part = metadata_value(&bytes, p, PART_KEY, "a part of a split checkpoint")?;
         let (k, n) = part
@@ -372,8 +375,7 @@ pub fn join(parts: &[std::path::PathBuf], out: &Path) -> Result<()> {
 
 /// Reads a checkpoint (tensors on the CPU, in their stored kind).
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::file(path, format!("cannot read checkpoint: {e}")))?;
+    let bytes = crate::util::fsio::read(path)?;
     load_bytes(&bytes, path)
 }
 
@@ -390,8 +392,7 @@ pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
 pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
     use std::io::Read;
     let bad = |msg: String| Error::file(path, msg);
-    let mut f =
-        std::fs::File::open(path).map_err(|e| bad(format!("cannot read checkpoint: {e}")))?;
+    let mut f = crate::util::fsio::open_input(path)?;
     let len = f
         .metadata()
         .map_err(|e| bad(format!("cannot read checkpoint: {e}")))?
@@ -638,7 +639,7 @@ pub fn named(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
 
 /// A short content hash of a file (FNV-1a 64 over its bytes), hex.
 pub fn file_hash(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::util::fsio::read(path)?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= b as u64;

@@ -204,8 +204,7 @@ pub struct LoadedClassifier {
 
 /// Loads a feature classifier onto `device`.
 pub fn load_classifier(path: &Path, device: Device) -> Result<LoadedClassifier> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::file(path, format!("cannot read classifier: {e}")))?;
+    let bytes = crate::util::fsio::read(path)?;
     load_classifier_bytes(&bytes, path, device)
 }
 
@@ -246,12 +245,7 @@ pub struct LoadedLpips {
 /// Loads LPIPS's VGG-16 trunk from a safetensors file with torchvision's names
 /// (`features.{i}.weight`, `features.{i}.bias`; other tensors are ignored) onto `device`.
 pub fn load_lpips(path: &Path, device: Device) -> Result<LoadedLpips> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::file(
-            path,
-            format!("cannot read the VGG-16 weights for LPIPS: {e}"),
-        )
-    })?;
+    let bytes = crate::util::fsio::read(path)?;
     let tensors = checkpoint::read_tensors(&bytes, path)?;
     let mut vs = nn::VarStore::new(device);
     let net = Lpips::new(&vs.root());
@@ -397,8 +391,7 @@ pub fn import_diffusers(dir: &Path, o: &ImportOptions) -> Result<checkpoint::Che
         }
     };
     schedule.validate()?;
-    let bytes =
-        std::fs::read(&weights).map_err(|e| Error::file(&weights, format!("cannot read: {e}")))?;
+    let bytes = crate::util::fsio::read(&weights)?;
     let mut tensors = std::collections::BTreeMap::new();
     for (name, t) in checkpoint::read_tensors(&bytes, &weights)? {
         let name = legacy_name(&name).unwrap_or(name);

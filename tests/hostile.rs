@@ -418,3 +418,340 @@ fn signals_stop_training_with_130_and_143_after_saving() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// What a file is now: its kind and, for a regular file, its SHA-256.
+fn fingerprint(p: &Path) -> String {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    match m.file_type().is_file() {
+        true => common::file_sha256(p),
+        false => format!("{:?}", m.file_type()),
+    }
+}
+
+/// Runs `args`, which must fail naming `needles`, and checks that every path of `kept` is as it
+/// was (kind and bytes).
+fn refused_keeping(args: &[&str], needles: &[&str], kept: &[&Path]) {
+    let before: Vec<String> = kept.iter().map(|p| fingerprint(p)).collect();
+    fails_with(args, needles);
+    let after: Vec<String> = kept.iter().map(|p| fingerprint(p)).collect();
+    assert_eq!(before, after, "{args:?} changed its input");
+}
+
+#[test]
+fn outputs_never_replace_devices_fifos_sockets_links_or_inputs() {
+    let dir = tempdir("hostile-outputs");
+    let m = dir.join("m.safetensors");
+    std::fs::copy(model("mnist-dsno.safetensors"), &m).unwrap();
+    let ms = s(&m);
+    // a FIFO, a socket and (where this user may make one) a device node, in a private folder
+    let fifo = dir.join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let sock = dir.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut specials = vec![fifo.clone(), sock.clone()];
+    let dev = dir.join("null");
+    let mknod = std::process::Command::new("mknod")
+        .args([s(&dev), "c", "1", "3"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    match mknod {
+        Ok(st) if st.success() => specials.push(dev),
+        _ => eprintln!("mknod not permitted here: the device-node case is left out"),
+    }
+    for p in &specials {
+        refused_keeping(
+            &["sample", "--device", "cpu", "--count", "2", "--out", s(p)],
+            &["not a regular file"],
+            &[p],
+        );
+        refused_keeping(
+            &["export", "--model", ms, "--out", s(p)],
+            &["not a regular file"],
+            &[p],
+        );
+    }
+    // a folder is not replaced either
+    refused_keeping(
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--count",
+            "2",
+            "--out",
+            s(&dir),
+        ],
+        &["a folder"],
+        &[&dir],
+    );
+    // reading a FIFO would block for ever: refused at once
+    let t = std::time::Instant::now();
+    fails_with(
+        &["sample", "--model", s(&fifo)],
+        &["fifo", "not a regular file"],
+    );
+    fails_with(&["checkpoint", "info", s(&fifo)], &["not a regular file"]);
+    assert!(t.elapsed().as_secs() < 60);
+    // a symbolic link is followed: its target is written, the link stays
+    let (link, target) = (dir.join("link.png"), dir.join("sub/target.png"));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink("sub/target.png", &link).unwrap();
+    let out = dsno(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--count",
+        "2",
+        "--out",
+        s(&link),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(dsno::util::image::Image::load_png(&target).is_ok());
+    // a link to the input is the input
+    let alias = dir.join("alias.safetensors");
+    std::os::unix::fs::symlink(&m, &alias).unwrap();
+    // output = input, for every command that reads a file and writes one
+    let dot = format!("{}/./m.safetensors", s(&dir));
+    for args in [
+        vec!["sample", "--model", ms, "--out", ms],
+        vec!["sample", "--model", ms, "--safetensors", &dot],
+        vec!["sample", "--model", ms, "--trajectory", s(&alias)],
+        vec!["export", "--model", ms, "--out", s(&alias)],
+        vec!["checkpoint", "model", ms, "--out", ms],
+        vec!["checkpoint", "join", ms, "--out", ms],
+    ] {
+        refused_keeping(&args, &["m.safetensors", "it would be destroyed"], &[&m]);
+    }
+    // an output inside an input folder: the diffusers folder, the data
+    let diffusers = dir.join("unet");
+    std::fs::create_dir_all(&diffusers).unwrap();
+    let weights = diffusers.join("diffusion_pytorch_model.safetensors");
+    std::fs::copy(&m, &weights).unwrap();
+    refused_keeping(
+        &["import", "diffusers", s(&diffusers), "--out", s(&weights)],
+        &["lies inside an input, DIR"],
+        &[&weights],
+    );
+    let images = dir.join("images.safetensors");
+    std::fs::copy(&m, &images).unwrap();
+    refused_keeping(
+        &["fid-ref", "--data", s(&images), "--out", s(&images)],
+        &["--out is an input, --data"],
+        &[&images],
+    );
+    // a run folder whose model file is the teacher: distilling there would replace it
+    let teacher_dir = dir.join("teacher");
+    std::fs::create_dir_all(&teacher_dir).unwrap();
+    let teacher = teacher_dir.join("model.safetensors");
+    std::fs::copy(model("mnist-teacher.safetensors"), &teacher).unwrap();
+    let cfg = root().join("configs/distill-mnist.toml");
+    refused_keeping(
+        &[
+            "distill",
+            "--teacher",
+            s(&teacher),
+            "--trajectories",
+            s(&dir.join("store")),
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&teacher_dir),
+        ],
+        &["--out's model is an input, --teacher"],
+        &[&teacher],
+    );
+    // two outputs of one command may not name the same file
+    let a = dir.join("a.png");
+    fails_with(
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--out",
+            s(&a),
+            "--safetensors",
+            s(&a),
+        ],
+        &["name the same file"],
+    );
+    assert!(!a.exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_command_that_fails_part_way_leaves_none_of_its_outputs() {
+    let dir = tempdir("hostile-all-or-none");
+    // the teacher's PNG is drawn, then --trajectory is found not to apply: before, the PNG stayed
+    let (png, traj) = (dir.join("new/t.png"), dir.join("new/traj.png"));
+    let teacher = model("mnist-teacher.safetensors");
+    fails_with(
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--model",
+            s(&teacher),
+            "--solver",
+            "ddim",
+            "--steps",
+            "2",
+            "--count",
+            "2",
+            "--out",
+            s(&png),
+            "--trajectory",
+            s(&traj),
+        ],
+        &["--trajectory"],
+    );
+    assert!(
+        !dir.join("new").exists(),
+        "{:?}",
+        files_in(&dir.join("new"))
+    );
+    // the mechanism: staged files appear together at the commit, or not at all
+    let mut out = dsno::util::fsio::Outputs::new();
+    let (a, b) = (dir.join("x/y/a.bin"), dir.join("x/b.bin"));
+    for p in [&a, &b] {
+        dsno::util::fsio::write_atomic(&out.stage(p).unwrap(), b"part").unwrap();
+    }
+    assert!(!a.exists() && !b.exists());
+    drop(out);
+    assert!(!dir.join("x").exists(), "{:?}", files_in(&dir.join("x")));
+    let mut out = dsno::util::fsio::Outputs::new();
+    for p in [&a, &b] {
+        dsno::util::fsio::write_atomic(&out.stage(p).unwrap(), b"part").unwrap();
+    }
+    out.commit().unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), b"part");
+    assert_eq!(files_in(&dir.join("x")), ["b.bin", "y"]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_folder_is_held_by_one_run_at_a_time() {
+    let dir = tempdir("hostile-lock");
+    // in one process: a second lock on the folder is refused, naming the holder
+    let held = dir.join("held");
+    let lock = dsno::util::fsio::FolderLock::acquire(&held).unwrap();
+    let e = dsno::util::fsio::FolderLock::acquire(&held)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("in use by another dsno run")
+            && e.contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
+    drop(lock);
+    assert_eq!(
+        files_in(&held),
+        Vec::<String>::new(),
+        "the note goes with the lock"
+    );
+    drop(dsno::util::fsio::FolderLock::acquire(&held).unwrap());
+    // between processes: a run in progress holds its folder against a second run of any kind
+    let cfg = toy_config(&dir, "");
+    let run = dir.join("run");
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_dsno"))
+        .args(["train-teacher", "--device", "cpu", "--config", s(&cfg)])
+        .args(["--steps", "1000000", "--out", s(&run)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !run.join("log.csv").exists() && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = format!("pid {}", first.id());
+    for extra in [&["--overwrite"][..], &["--resume"], &[]] {
+        let args = [
+            &["train-teacher", "--config", s(&cfg), "--out", s(&run)][..],
+            extra,
+        ]
+        .concat();
+        fails_with(&args, &["in use by another dsno run", &pid]);
+    }
+    let teacher = model("mnist-teacher.safetensors");
+    fails_with(
+        &[
+            "trajectories",
+            "--teacher",
+            s(&teacher),
+            "--count",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            s(&run),
+        ],
+        &["in use by another dsno run", &pid],
+    );
+    // a holder killed outright leaves no stale lock: the kernel drops it with the process
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = dsno(&[
+        "train-teacher",
+        "--device",
+        "cpu",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--steps",
+        "3",
+        "--overwrite",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!run.join(".dsno-lock").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_overwrite_keeps_the_old_run_until_its_first_checkpoint() {
+    let dir = tempdir("hostile-overwrite-aside");
+    let _s = common::serial();
+    let cfg = dsno::train::teacher::TeacherConfig::load(&toy_config(&dir, "")).unwrap();
+    let run = dir.join("run");
+    let data = || tch::Tensor::randn([512, 2], (tch::Kind::Float, tch::Device::Cpu));
+    dsno::train::teacher::train(&cfg, data(), &common::run(&run, false), None).unwrap();
+    let names = ["ckpt.safetensors", "log.csv", "model.safetensors"];
+    let old: Vec<String> = names
+        .iter()
+        .map(|f| common::file_sha256(&run.join(f)))
+        .collect();
+    let same_as_old = || {
+        assert_eq!(files_in(&run), names);
+        let now: Vec<String> = names
+            .iter()
+            .map(|f| common::file_sha256(&run.join(f)))
+            .collect();
+        assert_eq!(now, old);
+    };
+    // an overwrite that fails before its first checkpoint puts the old run back
+    let overwrite = dsno::train::RunOptions {
+        overwrite: true,
+        ..common::run(&run, false)
+    };
+    let nan = tch::Tensor::full([512, 2], f64::NAN, (tch::Kind::Float, tch::Device::Cpu));
+    assert!(dsno::train::teacher::train(&cfg, nan, &overwrite, None).is_err());
+    same_as_old();
+    // an overwrite killed before its first checkpoint (its new log beside the old run, moved
+    // aside): the next run in the folder puts the old run back first, then resumes it
+    for f in names {
+        let aside = dsno::train::RunFiles::aside(&run.join(f));
+        std::fs::rename(run.join(f), aside).unwrap();
+    }
+    std::fs::write(run.join("log.csv"), "step,new run\n").unwrap();
+    let mut more = cfg.clone();
+    more.train.steps += 5;
+    let s = dsno::train::teacher::train(&more, data(), &common::run(&run, true), None).unwrap();
+    assert_eq!(s.start_step, cfg.train.steps);
+    assert_eq!(files_in(&run), names);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -69,7 +69,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx> {
 
 /// Reads an IDX file, gunzipping it if it starts with the gzip magic.
 pub fn read(path: &Path) -> Result<Idx> {
-    let raw = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let raw = crate::util::fsio::read(path)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         // a bounded read: a small file that inflates without end is refused, not swallowed
         let mut out = Vec::new();

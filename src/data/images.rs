@@ -98,7 +98,7 @@ fn read_pngs(dir: &Path) -> Result<Tensor> {
 /// Raw samples from a safetensors file: tensor `samples`, or the only tensor; `[N, C, H, W]`,
 /// finite.
 fn read_samples(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let bytes = crate::util::fsio::read(path)?;
     let mut tensors = crate::checkpoint::read_tensors(&bytes, path)?;
     let t = match tensors.remove("samples") {
         Some(t) => t,

@@ -140,8 +140,7 @@ pub struct Shard {
 /// Loads shard `j` and checks it against the manifest.
 pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
     let path = shard_path(dir, j);
-    let bytes =
-        std::fs::read(&path).map_err(|e| Error::file(&path, format!("cannot read shard: {e}")))?;
+    let bytes = crate::util::fsio::read(&path)?;
     parse_shard(&bytes, &path, m, j)
 }
 

@@ -380,26 +380,28 @@ impl Report {
 
 /// Writes `report.json`, `report.md`, `fd-vs-nfe.png`, `fd-vs-wall.png` and one sample grid per
 /// method (`samples-<slug>.png`, the first 64 samples) into `dir`.
+///
+/// All of them or none: a failure part-way (a full disk) leaves the folder as it was.
 pub fn write_report(dir: &Path, report: &Report, samples: &[(String, Tensor)]) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::file(dir, format!("cannot create the report folder: {e}")))?;
+    let mut out = crate::util::fsio::Outputs::new();
+    out.folder(dir)?;
     let (p_nfe, p_wall) = report.plots();
     p_nfe
         .render(960, 600)?
-        .save_png(&dir.join("fd-vs-nfe.png"))?;
+        .save_png(&out.stage(&dir.join("fd-vs-nfe.png"))?)?;
     p_wall
         .render(960, 600)?
-        .save_png(&dir.join("fd-vs-wall.png"))?;
+        .save_png(&out.stage(&dir.join("fd-vs-wall.png"))?)?;
     let mut grids = vec![];
     for (name, s) in samples {
         let file = format!("samples-{}.png", slug(name));
         let n = s.size()[0].min(64);
-        image::grid(&s.narrow(0, 0, n), 8, 2)?.save_png(&dir.join(&file))?;
+        image::grid(&s.narrow(0, 0, n), 8, 2)?.save_png(&out.stage(&dir.join(&file))?)?;
         grids.push((name.clone(), file));
     }
     let json = serde_json::to_string_pretty(report)
         .map_err(|e| Error::invalid(format!("report JSON: {e}")))?;
-    crate::util::fsio::write_atomic(&dir.join("report.json"), json.as_bytes())?;
+    crate::util::fsio::write_atomic(&out.stage(&dir.join("report.json"))?, json.as_bytes())?;
     let md = report.markdown(
         &[
             ("fd-vs-nfe.png", "FD vs NFE"),
@@ -407,6 +409,6 @@ pub fn write_report(dir: &Path, report: &Report, samples: &[(String, Tensor)]) -
         ],
         &grids,
     );
-    crate::util::fsio::write_atomic(&dir.join("report.md"), md.as_bytes())?;
-    Ok(())
+    crate::util::fsio::write_atomic(&out.stage(&dir.join("report.md"))?, md.as_bytes())?;
+    out.commit()
 }

@@ -228,6 +228,56 @@ impl RunFiles {
     pub fn log(&self) -> PathBuf {
         self.dir.join("log.csv")
     }
+    /// The run's files: checkpoint, model, log.
+    pub fn all(&self) -> [PathBuf; 3] {
+        [self.checkpoint(), self.model(), self.log()]
+    }
+    /// Where a file of a run being overwritten waits (`.<name>.old`) until the new run has its
+    /// first checkpoint.
+    pub fn aside(file: &Path) -> PathBuf {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        file.with_file_name(format!(".{name}.old"))
+    }
+
+    /// Moves the run in the folder aside (an overwrite starts).
+    fn move_aside(&self) -> Result<()> {
+        for f in self.all().iter().filter(|f| f.exists()) {
+            let a = Self::aside(f);
+            std::fs::rename(f, &a)
+                .map_err(|e| Error::file(f, format!("cannot move the old run aside: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Puts a run that was moved aside back in place of what a failed overwrite left.
+    fn put_back(&self) {
+        for f in self.all() {
+            let a = Self::aside(&f);
+            if a.exists() {
+                let _ = std::fs::rename(&a, &f);
+            } else {
+                let _ = std::fs::remove_file(&f);
+            }
+        }
+    }
+
+    /// Deletes the run that was moved aside (the new one has a checkpoint).
+    fn drop_aside(&self) {
+        for f in self.all() {
+            let _ = std::fs::remove_file(Self::aside(&f));
+        }
+    }
+
+    /// Settles what an overwrite that was killed left: the old run comes back when the new
+    /// one had no checkpoint yet, and goes when it had.
+    fn settle_aside(&self) {
+        if Self::aside(&self.checkpoint()).exists() || Self::aside(&self.model()).exists() {
+            match self.checkpoint().exists() {
+                true => self.drop_aside(),
+                false => self.put_back(),
+            }
+        }
+    }
 }
 
 /// Where a training run writes, whether it continues, where it computes and whether it draws
@@ -417,7 +467,10 @@ impl<'a> Run<'a> {
         }
         tensors.extend(model.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
         checkpoint::save(&self.files.checkpoint(), &meta, &tensors, None)?;
-        checkpoint::save(&self.files.model(), &meta, &model, None)
+        checkpoint::save(&self.files.model(), &meta, &model, None)?;
+        // an overwritten run is gone once the new one has its checkpoint
+        self.files.drop_aside();
+        Ok(())
     }
 
     /// Restores parameters, optimiser state and EMA from the run's checkpoint; returns its step.
@@ -506,6 +559,25 @@ impl<'a> Run<'a> {
         self.train.validate("train")?;
         let dir = &self.files.dir;
         let existed = dir.exists();
+        // the first folder of `dir`'s path that this run creates, if any
+        let first_new = (!existed).then(|| {
+            let mut d = dir.as_path();
+            while let Some(p) = d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+            {
+                d = p;
+            }
+            d.to_path_buf()
+        });
+        // one run at a time in a folder (the group's rank 0 holds it for the group)
+        let lock = match self.comm.is_main() {
+            true => Some(crate::util::fsio::FolderLock::acquire(dir)?),
+            false => None,
+        };
+        if self.comm.is_main() {
+            self.files.settle_aside();
+        }
         if !resume && !self.overwrite {
             for f in [self.files.model(), self.files.checkpoint()] {
                 if f.exists() {
@@ -519,25 +591,24 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        // what a fresh run that fails before its first checkpoint puts back
+        // what a fresh run that fails before its first checkpoint puts back: the run it
+        // overwrites is moved aside until its first checkpoint, a log alone is kept in memory
+        let overwriting = !resume
+            && self.comm.is_main()
+            && (self.files.checkpoint().exists() || self.files.model().exists());
+        if overwriting {
+            self.files.move_aside()?;
+        }
         let old_log = std::fs::read(self.files.log()).ok();
-        let first_new = (!existed).then(|| {
-            let mut d = dir.as_path();
-            while let Some(p) = d
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-            {
-                d = p;
-            }
-            d.to_path_buf()
-        });
         let mut saved = None;
         let tf32 = crate::device::tf32();
         self.precision.apply();
         let result = self.steps(resume, objective, &mut saved);
         crate::device::set_tf32(tf32);
+        drop(lock);
         if result.is_err() && !resume && saved.is_none() && self.comm.is_main() {
             match old_log {
+                _ if overwriting => self.files.put_back(),
                 Some(bytes) => {
                     let _ = crate::util::fsio::write_atomic(&self.files.log(), &bytes);
                 }

@@ -13,7 +13,8 @@ use crate::sampling::{self, Noise};
 use crate::schedule::check_output_times;
 use crate::schedule::{grid_through, Schedule};
 use crate::solver::{check_steps, Solver};
-use crate::util::{fsio::write_atomic, progress};
+use crate::util::fsio::{write_atomic, FolderLock};
+use crate::util::progress;
 use crate::{Error, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -123,9 +124,14 @@ pub fn generate(
     o: &GenerateOptions,
 ) -> Result<GenerateSummary> {
     let existed = dir.exists();
+    let comm = &o.comm;
+    // one run at a time in a store (the group's rank 0 holds it for the group)
+    let lock = match comm.is_main() {
+        true => Some(FolderLock::acquire(dir)?),
+        false => None,
+    };
     let manifest = dir.join("manifest.json");
     let had_manifest = manifest.exists();
-    let comm = &o.comm;
     let result = generate_into(teacher, teacher_path, dir, o).and_then(|mut s| {
         // the store is complete when every rank is done; the counts are the group's
         comm.barrier()?;
@@ -133,6 +139,7 @@ pub fn generate(
         (s.made, s.samples, s.kept) = (n[0] as usize, n[1] as usize, n[2] as usize);
         Ok(s)
     });
+    drop(lock);
     if result.is_err() && !had_manifest && !has_shards(dir) && comm.is_main() {
         let _ = std::fs::remove_file(&manifest);
         if !existed {

@@ -189,9 +189,7 @@ pub fn read_npz_where(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<(BTreeMap<String, Array>, Vec<String>)> {
     let fail = |m: String| Error::file(path, m);
-    let mut f = std::io::BufReader::new(
-        std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?,
-    );
+    let mut f = std::io::BufReader::new(super::fsio::open_input(path)?);
     let mut out = BTreeMap::new();
     let mut names = Vec::new();
     for e in zip::entries(&mut f).map_err(|m| fail(format!("not an .npz file: {m}")))? {

@@ -1,5 +1,6 @@
 //! `dsno checkpoint split|join|info|model`: a checkpoint as parts of bounded size, and back; what
 //! a checkpoint is; a training checkpoint's model file.
+use crate::common::check_io;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             out_dir,
             max_mib,
         } => {
+            check_io(
+                &[("FILE", Some(&file))],
+                &[("--out-dir", Some(&out_dir))],
+                &["--out-dir"],
+            )?;
             let parts = dsno::checkpoint::split(&file, &out_dir, max_mib << 20)?;
             println!(
                 "{} → {} parts in {}",
@@ -64,10 +70,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             println!("kind {:?} step {} dataset {}", m.kind, m.step, m.dataset);
         }
         Args::Join { parts, out } => {
+            let inputs: Vec<_> = parts.iter().map(|p| ("PARTS", Some(p.as_path()))).collect();
+            check_io(&inputs, &[("--out", Some(&out))], &[])?;
             dsno::checkpoint::join(&parts, &out)?;
             println!("{} parts → {}", parts.len(), out.display());
         }
         Args::Model { file, out } => {
+            check_io(&[("FILE", Some(&file))], &[("--out", Some(&out))], &[])?;
             let n = dsno::checkpoint::load(&file)?.write_model(&file, &out)?;
             println!("{} → {} ({n} tensors)", file.display(), out.display());
         }

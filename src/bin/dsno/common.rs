@@ -88,7 +88,40 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
     Precision::parse(s).map_err(|e| e.to_string())
 }
 
+/// Refuses a command whose outputs would destroy one of its inputs or each other, or replace
+/// what is not a regular file (`dsno::util::fsio::check_io`); absent optional paths are skipped.
+pub fn check_io(
+    inputs: &[(&str, Option<&Path>)],
+    outputs: &[(&str, Option<&Path>)],
+    folders: &[&str],
+) -> Result<()> {
+    fn given<'a>(v: &[(&'a str, Option<&'a Path>)]) -> Vec<(&'a str, &'a Path)> {
+        v.iter().filter_map(|&(w, p)| p.map(|p| (w, p))).collect()
+    }
+    dsno::util::fsio::check_io(&given(inputs), &given(outputs), folders)?;
+    Ok(())
+}
+
 impl RunArgs {
+    /// Refuses a run whose folder or files would destroy one of `inputs` (the config, the
+    /// teacher, the store, the data, an --init model).
+    pub fn check_io(&self, inputs: &[(&str, Option<&Path>)]) -> Result<()> {
+        let files = dsno::train::RunFiles {
+            dir: self.out.clone(),
+        };
+        let [ck, model, log] = files.all();
+        check_io(
+            inputs,
+            &[
+                ("--out", Some(&self.out)),
+                ("--out's checkpoint", Some(&ck)),
+                ("--out's model", Some(&model)),
+                ("--out's log", Some(&log)),
+            ],
+            &["--out"],
+        )
+    }
+
     pub fn options(&self, device: Device, comm: &Comm) -> RunOptions {
         RunOptions {
             out: self.out.clone(),

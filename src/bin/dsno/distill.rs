@@ -33,6 +33,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
+    a.run.check_io(&[
+        ("--teacher", Some(&a.teacher)),
+        ("--trajectories", Some(&a.trajectories)),
+        ("--config", Some(&a.config)),
+        ("--init", a.init.as_deref()),
+    ])?;
     let mut cfg = DistillConfig::load(&a.config)?;
     cfg.method = a.method.unwrap_or(cfg.method);
     cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);

@@ -148,6 +148,18 @@ fn real(dir: &Path, split: idx::Split, labels: bool) -> Result<(tch::Tensor, Opt
 }
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    crate::common::check_io(
+        &[
+            ("--teacher", Some(&a.teacher)),
+            ("--dsno", a.dsno.as_deref()),
+            ("--kd", a.kd.as_deref()),
+            ("--classifier", a.classifier.as_deref()),
+            ("--data", a.data.as_deref()),
+            ("--inception-ref", a.inception_ref.as_deref()),
+        ],
+        &[("--out", Some(&a.out))],
+        &["--out"],
+    )?;
     let teacher = Teacher::load(&a.teacher, device)?;
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
     let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;

@@ -64,6 +64,12 @@ pub fn run_ref(a: RefArgs, device: Device) -> Result<ExitCode> {
         SplitArg::Train => Split::Train,
         SplitArg::Test => Split::Test,
     };
+    let weights = a.net.inception_weights.as_deref();
+    crate::common::check_io(
+        &[("--data", Some(&a.data)), ("--inception-weights", weights)],
+        &[("--out", Some(&a.out))],
+        &[],
+    )?;
     let mut images = read_images(&a.data, split)?;
     if let Some(n) = a.count {
         images = spread(&images, n as usize);

@@ -8,6 +8,7 @@ use dsno::model::{OneStep, Teacher};
 use dsno::sampling::Noise;
 use dsno::schedule::{Preset, Schedule};
 use dsno::solver::Solver;
+use dsno::util::fsio::Outputs;
 use dsno::util::image;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,6 +101,7 @@ const BUNDLED_DSNO: &[u8] = include_bytes!("../../../models/mnist-dsno.safetenso
 const BUNDLED_COND_DSNO: &[u8] = include_bytes!("../../../models/mnist-cond-dsno.safetensors");
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    check_io(&a)?;
     match &a.model {
         _ if a.toy => toy(&a, device)?,
         None => {
@@ -254,22 +256,36 @@ fn toy(a: &Args, device: Device) -> Result<()> {
 }
 
 /// Writes the PNG (with --classes, one row per class), and the trajectory strip and raw samples
-/// when asked for.
+/// when asked for: all of them or none.
 fn write(a: &Args, samples: &tch::Tensor, outputs: Option<(&tch::Tensor, i64)>) -> Result<()> {
+    let mut files = Outputs::new();
     let png = match a.classes {
         true => image::grid(samples, a.count.unwrap_or(10) as usize, 2)?,
         false => image::preview(samples)?,
     };
-    png.save_png(&a.out)
+    png.save_png(&files.stage(&a.out)?)
         .with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(p) = &a.trajectory {
         let Some((traj, m)) = outputs.filter(|_| samples.dim() > 2) else {
             bail!("--trajectory draws one row of images per sample from a one-step image model");
         };
-        image::grid(&traj.flatten(0, 1), m as usize, 2)?.save_png(p)?;
+        image::grid(&traj.flatten(0, 1), m as usize, 2)?.save_png(&files.stage(p)?)?;
     }
     if let Some(p) = &a.safetensors {
-        save_raw(samples, p)?;
+        save_raw(samples, &files.stage(p)?)?;
     }
-    Ok(())
+    Ok(files.commit()?)
+}
+
+/// Refuses outputs that would destroy the model or each other, before anything is computed.
+fn check_io(a: &Args) -> Result<()> {
+    crate::common::check_io(
+        &[("--model", a.model.as_deref())],
+        &[
+            ("--out", Some(&a.out)),
+            ("--trajectory", a.trajectory.as_deref()),
+            ("--safetensors", a.safetensors.as_deref()),
+        ],
+        &[],
+    )
 }

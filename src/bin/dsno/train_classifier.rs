@@ -35,6 +35,11 @@ pub struct Args {
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let dir = data_dir(a.data.as_deref(), &a.name)?;
+    crate::common::check_io(
+        &[("the data folder", Some(&dir))],
+        &[("--out", Some(&a.out))],
+        &[],
+    )?;
     println!(
         "classifier on {} ({}): {} steps of {} on {}",
         a.name,

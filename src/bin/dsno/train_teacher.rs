@@ -31,6 +31,11 @@ pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
         DataConfig::Idx { name } => Some(data_dir(a.data.as_deref(), name)?),
         DataConfig::Toy2d { .. } => None,
     };
+    a.run.check_io(&[
+        ("--config", Some(&a.config)),
+        ("the data folder", dir.as_deref()),
+        ("--init", a.init.as_deref()),
+    ])?;
     let data = cfg.data.load(dir.as_deref())?;
     let labels = match cfg.model.num_classes() {
         Some(_) => Some(cfg.data.load_labels(dir.as_deref())?),

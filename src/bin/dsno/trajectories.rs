@@ -60,6 +60,11 @@ fn parse_part(s: &str) -> Result<(usize, usize)> {
 }
 
 pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
+    crate::common::check_io(
+        &[("--teacher", Some(&a.teacher))],
+        &[("--out", Some(&a.out))],
+        &["--out"],
+    )?;
     let teacher = Teacher::load(&a.teacher, device)?;
     let o = GenerateOptions {
         solver: a.solver,
