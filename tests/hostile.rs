@@ -755,3 +755,59 @@ fn an_overwrite_keeps_the_old_run_until_its_first_checkpoint() {
     assert_eq!(files_in(&run), names);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn statistics_samples_and_launch_variables_that_lie_are_refused() {
+    use dsno::metrics::fid::FidStats;
+    use tch::{Device, Kind, Tensor};
+    let dir = tempdir("hostile-lies");
+    let f64s = (Kind::Double, Device::Cpu);
+    let write = |name: &str, mu: Tensor, sigma: Tensor| {
+        let p = dir.join(name);
+        FidStats { mu, sigma }.write(&p).unwrap();
+        p
+    };
+    // a covariance of fewer samples than features is singular, and is a covariance
+    let feats = Tensor::randn([5, 8], f64s);
+    let ok = FidStats::of_features(&feats).unwrap();
+    let p = write("ok.npz", ok.mu.shallow_clone(), ok.sigma.shallow_clone());
+    assert!(FidStats::read(&p).is_ok());
+    // negative definite (it gave FID 0), asymmetric, non-finite
+    let neg = write("neg.npz", Tensor::zeros([8], f64s), -Tensor::eye(8, f64s));
+    let e = FidStats::read(&neg).unwrap_err().to_string();
+    assert!(
+        e.contains("neg.npz") && e.contains("not positive semi-definite"),
+        "{e}"
+    );
+    let a = ok.sigma.copy();
+    let _ = a
+        .get(0)
+        .get(1)
+        .fill_(a.get(0).get(1).double_value(&[]) + 1.0);
+    let asym = write("asym.npz", ok.mu.shallow_clone(), a);
+    let e = FidStats::read(&asym).unwrap_err().to_string();
+    assert!(e.contains("not symmetric"), "{e}");
+    // samples far outside the data range are not scored as if clamped
+    use dsno::eval::score::check_range;
+    let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    assert!(check_range(&(&x * 1.5)).is_ok());
+    let e = check_range(&(&x * 1000.0)).unwrap_err().to_string();
+    assert!(e.contains("far outside the data range"), "{e}");
+    assert!(check_range(&(&x / 0.0)).is_err());
+    // launch variables past a C int are refused, not cut to 32 bits
+    let vars = |world: &'static str| {
+        move |k: &str| match k {
+            "WORLD_SIZE" => Some(world.to_string()),
+            "RANK" => Some("0".to_string()),
+            "MASTER_ADDR" => Some("127.0.0.1".to_string()),
+            "MASTER_PORT" => Some("29500".to_string()),
+            _ => None,
+        }
+    };
+    let e = dsno::comm::Launch::from_vars(vars("4294967298"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("WORLD_SIZE") && e.contains("2147483647"), "{e}");
+    assert!(dsno::comm::Launch::from_vars(vars("2")).unwrap().is_some());
+    std::fs::remove_dir_all(dir).ok();
+}

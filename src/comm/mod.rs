@@ -125,11 +125,18 @@ impl Launch {
         let num = |name: &str| -> Result<Option<usize>> {
             match var(name) {
                 None => Ok(None),
-                Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
-                    Error::Distributed(format!(
-                        "environment variable {name}=`{v}`: expected a non-negative integer"
-                    ))
-                }),
+                // c10d takes ranks and sizes as C ints: a larger value would be cut to 32 bits
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n <= MAX_LAUNCH_VALUE)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        Error::Distributed(format!(
+                            "environment variable {name}=`{v}`: expected an integer in 0..={MAX_LAUNCH_VALUE}"
+                        ))
+                    }),
             }
         };
         let need = |name: &str, why: &str| -> Result<String> {
@@ -234,6 +241,9 @@ impl Launch {
         Ok(None)
     }
 }
+
+/// The largest rank, world size or count a launch variable may hold: c10d's C `int`.
+pub const MAX_LAUNCH_VALUE: usize = i32::MAX as usize;
 
 /// The first host of a Slurm node list: `gpu[07-09,12],cpu3` → `gpu07`, `node1,node2` → `node1`.
 pub fn first_host(list: &str) -> Option<String> {

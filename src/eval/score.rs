@@ -115,6 +115,7 @@ impl<'a> Scorer<'a> {
     /// The scores of images `[N, …]` in [-1, 1] (values outside are clamped), with the
     /// class-conditional scores when the images' class `labels` `[N]` are given.
     pub fn score(&self, images: &Tensor, labels: Option<&Tensor>) -> Result<Scores> {
+        check_range(images)?;
         let feats = features(self.classifier, images);
         let fd = metrics::frechet_distance_of(&feats, &self.real)?;
         let (kid, kid_se) = metrics::kid(
@@ -144,6 +145,31 @@ impl<'a> Scorer<'a> {
             class_fd: class.map(|c| c.1),
         })
     }
+}
+
+/// How far outside the data range [−1, 1] scored images may reach, |x| ≤ 2: a one-step model
+/// overshoots the range a little and is clamped to it, as the networks that score it quantise
+/// to 8 bits; values beyond are not images of the range (raw network outputs, [0, 255] pixels)
+/// and clamping them would score something else.
+pub const FAR_OUTSIDE: f64 = 2.0;
+
+/// Refuses images with non-finite values or values beyond ±[`FAR_OUTSIDE`].
+pub fn check_range(images: &Tensor) -> Result<()> {
+    if images.numel() == 0 {
+        return Ok(());
+    }
+    let m = images.abs().max().to_kind(Kind::Double).double_value(&[]);
+    if !m.is_finite() {
+        return Err(Error::invalid("the samples hold NaN or infinite values"));
+    }
+    if m > FAR_OUTSIDE {
+        return Err(Error::invalid(format!(
+            "the samples reach |x| = {m:.4}, far outside the data range [−1, 1] (up to \
+             ±{FAR_OUTSIDE} is clamped to it): not images of the range (raw outputs, or \
+             pixels in [0, 255]?)"
+        )));
+    }
+    Ok(())
 }
 
 /// Penultimate features (float64, CPU) of images in [-1, 1] (values outside are clamped).
@@ -177,6 +203,7 @@ pub fn inception_stats(
     batch: usize,
     progress: Option<&str>,
 ) -> Result<crate::metrics::fid::FidStats> {
+    check_range(images)?;
     let n = images.size().first().copied().unwrap_or(0) as u64;
     let bar = crate::util::progress::samples(
         progress.is_some(),

@@ -62,7 +62,39 @@ impl FidStats {
             sigma: get("sigma")?,
         };
         s.check().map_err(|m| Error::file(path, m))?;
+        s.check_covariance().map_err(|m| Error::file(path, m))?;
         Ok(s)
+    }
+
+    /// Relative tolerance of [`FidStats::check_covariance`]: float32 rounding of a covariance
+    /// saved in single precision is ~1e-7 of its scale; a Σ that is not a covariance is off by
+    /// its own scale.
+    pub const COVARIANCE_RTOL: f64 = 1e-6;
+
+    /// Σ must be a covariance: symmetric, max|Σ − Σᵀ| ≤ rtol·max|Σ|, and positive
+    /// semi-definite, its least eigenvalue ≥ −rtol·its largest (a covariance of fewer samples
+    /// than features is singular, its zero eigenvalues computed as ±rounding). A Σ that is
+    /// neither would give a meaningless distance (a negative-definite one gave 0).
+    fn check_covariance(&self) -> std::result::Result<(), String> {
+        let rtol = Self::COVARIANCE_RTOL;
+        let scale = self.sigma.abs().max().double_value(&[]);
+        let asym = (&self.sigma - self.sigma.tr())
+            .abs()
+            .max()
+            .double_value(&[]);
+        if asym > rtol * scale {
+            return Err(format!(
+                "sigma is not symmetric: max|Σ − Σᵀ| = {asym:.3e} against max|Σ| = {scale:.3e}"
+            ));
+        }
+        let eig = self.sigma.to_kind(Kind::Double).linalg_eigvalsh("L");
+        let (lo, hi) = (eig.min().double_value(&[]), eig.max().double_value(&[]));
+        if lo < -rtol * hi.max(0.0) || (hi <= 0.0 && scale > 0.0) {
+            return Err(format!(
+                "sigma is not positive semi-definite: eigenvalues from {lo:.3e} to {hi:.3e}"
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `mu` and `sigma` (float64) to an `.npz` file, atomically, as `np.savez` does.

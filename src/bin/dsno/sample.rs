@@ -63,7 +63,12 @@ pub struct Args {
 
 /// The labels of a conditional model's samples (`None` for an unconditional model), and the
 /// sample count they imply; checks that labels are asked of conditional models only.
-fn labels(a: &Args, classes: Option<i64>, path: &Path) -> Result<(Option<tch::Tensor>, u64)> {
+fn labels(
+    a: &Args,
+    classes: Option<i64>,
+    sample: &[i64],
+    path: &Path,
+) -> Result<(Option<tch::Tensor>, u64)> {
     let asked = a.class.is_some() || a.classes || a.guidance != 1.0;
     let count = a.count.unwrap_or(if a.classes { 10 } else { 64 });
     match (classes, asked) {
@@ -73,6 +78,10 @@ fn labels(a: &Args, classes: Option<i64>, path: &Path) -> Result<(Option<tch::Te
             path.display()
         ),
         (Some(k), _) => {
+            // the samples and their labels must fit before the label list is made
+            let n = count as f64 * if a.classes { k as f64 } else { 1.0 };
+            let per = 8.0 + 4.0 * sample.iter().product::<i64>() as f64;
+            dsno::util::memory::check_memory(&format!("{n} samples"), n * per)?;
             let labels: Vec<i64> = match (a.class, a.classes) {
                 (Some(c), _) if !(0..k).contains(&c) => {
                     bail!(
@@ -144,10 +153,10 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
         );
     };
     let teacher = Teacher::load(path, device)?;
-    let (labels, count) = labels(a, teacher.num_classes(), path)?;
+    let shape = teacher.meta.model.sample_shape();
+    let (labels, count) = labels(a, teacher.num_classes(), &shape, path)?;
     let schedule = teacher.schedule();
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
-    let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
     let sampler = Sampler::teacher(&teacher, a.guidance, solver, grid)?;
     let o = DrawOptions {
@@ -204,7 +213,12 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let (labels, count) = labels(a, model.num_classes(), path)?;
+    let (labels, count) = labels(
+        a,
+        model.num_classes(),
+        &model.meta.model.sample_shape(),
+        path,
+    )?;
     let device = model.device();
     let noise = Noise::at_t_max(
         a.ode.seed,
