@@ -127,7 +127,7 @@ fn labels_survive_the_store_byte_for_byte() {
     // a shard whose labels were altered (checksum recomputed) is refused, naming the field
     let mut sh = load_shard(&store, &m, 0).unwrap();
     sh.labels = Some(sh.labels.unwrap().remainder(2) + 1);
-    save_shard(&shard_path(&store, 0), &sh).unwrap();
+    save_shard(&shard_path(&store, 0), &sh, &m).unwrap();
     let e = load_shard(&store, &m, 0).unwrap_err().to_string();
     assert!(e.contains("`labels`") && e.contains("traj-00000"), "{e}");
     std::fs::write(shard_path(&store, 0), &fresh[0]).unwrap();
@@ -324,7 +324,7 @@ fn conditional_distillation_uses_the_stored_labels() {
     .unwrap();
     for (j, mut s) in shards.into_iter().enumerate() {
         s.labels = None;
-        save_shard(&shard_path(&store, j), &s).unwrap();
+        save_shard(&shard_path(&store, j), &s, &m).unwrap();
     }
     let e = distill(
         &cfg,

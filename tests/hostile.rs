@@ -811,3 +811,98 @@ fn statistics_samples_and_launch_variables_that_lie_are_refused() {
     assert!(dsno::comm::Launch::from_vars(vars("2")).unwrap().is_some());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn an_edited_store_manifest_is_caught() {
+    use dsno::data::store::{load_shard, Manifest};
+    let dir = tempdir("hostile-manifest");
+    let store = dir.join("store");
+    let teacher = model("mnist-teacher.safetensors");
+    let out = dsno(&[
+        "trajectories",
+        "--device",
+        "cpu",
+        "--teacher",
+        s(&teacher),
+        "--count",
+        "4",
+        "--steps",
+        "4",
+        "--times",
+        "0.5,0",
+        "--shard-size",
+        "2",
+        "--out",
+        s(&store),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mpath = store.join("manifest.json");
+    let original = std::fs::read_to_string(&mpath).unwrap();
+    let m = Manifest::load(&store).unwrap();
+    assert!(load_shard(&store, &m, 1).is_ok());
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+        f(&mut v);
+        std::fs::write(&mpath, v.to_string()).unwrap();
+    };
+    // every edit of a field the shards were made under is named
+    for (field, value) in [
+        ("times", serde_json::json!([0.25, 0.0])),
+        ("seed", serde_json::json!(7)),
+        ("dataset", serde_json::json!("fashion-mnist")),
+        ("solver", serde_json::json!("ddim")),
+        ("steps", serde_json::json!(8)),
+        ("count", serde_json::json!(3)),
+    ] {
+        edit(&|v| v[field] = value.clone());
+        let m = Manifest::load(&store).unwrap();
+        let e = load_shard(&store, &m, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("manifest.json was changed") && e.contains(&format!("`{field}`")),
+            "{field}: {e}"
+        );
+    }
+    // a field this build does not know is refused
+    edit(&|v| v["comment"] = serde_json::json!("hello"));
+    let e = Manifest::load(&store).unwrap_err().to_string();
+    assert!(e.contains("unknown field `comment`"), "{e}");
+    std::fs::write(&mpath, &original).unwrap();
+    // two identical runs into one store at once: one holds it, the other is refused, and the
+    // store keeps its manifest
+    let args = |out: &Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dsno"));
+        c.args([
+            "trajectories",
+            "--device",
+            "cpu",
+            "--teacher",
+            s(&teacher),
+            "--count",
+            "64",
+        ])
+        .args(["--steps", "8", "--shard-size", "8", "--out", s(out)]);
+        c
+    };
+    let two = dir.join("two");
+    let mut first = args(&two)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !two.join("manifest.json").exists() && t.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = args(&two).output().unwrap();
+    let first = first.wait().unwrap();
+    assert!(first.success());
+    if !second.status.success() {
+        assert!(
+            stderr(&second).contains("in use by another dsno run"),
+            "{}",
+            stderr(&second)
+        );
+    }
+    assert!(Manifest::load(&two).is_ok());
+    std::fs::remove_dir_all(dir).ok();
+}

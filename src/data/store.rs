@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
-/// `manifest.json`.
+/// `manifest.json`. A field this build does not know is refused (an edit or another version).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
     /// FNV-1a 64 hash of the teacher checkpoint file.
@@ -43,7 +44,15 @@ pub struct Manifest {
     pub guidance: Option<f64>,
 }
 
-pub const FORMAT: &str = "dsno-trajectories-1";
+/// The store format this build writes: every shard carries the manifest it was made under
+/// (metadata key [`MANIFEST_KEY`]), so that a manifest edited afterwards is caught.
+pub const FORMAT: &str = "dsno-trajectories-2";
+
+/// The format of stores made before shards carried their manifest; still read.
+pub const LEGACY_FORMAT: &str = "dsno-trajectories-1";
+
+/// The shard metadata key holding the manifest (its JSON) the shard was made under.
+pub const MANIFEST_KEY: &str = "manifest";
 
 impl Manifest {
     pub fn shards(&self) -> usize {
@@ -75,8 +84,8 @@ impl Manifest {
         check_field(
             "format",
             &self.format,
-            self.format == FORMAT,
-            &format!("`{FORMAT}`"),
+            self.format == FORMAT || self.format == LEGACY_FORMAT,
+            &format!("`{FORMAT}` (or `{LEGACY_FORMAT}`)"),
         )?;
         if self.count == 0 {
             return Err(Error::invalid("the store is empty (field `count` = 0)"));
@@ -148,6 +157,7 @@ pub fn load_shard(dir: &Path, m: &Manifest, j: usize) -> Result<Shard> {
 /// errors.
 pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<Shard> {
     crate::checkpoint::verify_checksum(bytes, path)?;
+    check_made_under(bytes, path, m)?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::file(path, format!("corrupt shard ({e})")))?;
     let get = |name: &str| -> Result<Tensor> {
@@ -244,8 +254,58 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
     Ok(shard)
 }
 
-/// Writes a shard atomically (with the checksum of its data in its metadata).
-pub fn save_shard(path: &Path, s: &Shard) -> Result<()> {
+/// Checks that the shard was made under the manifest `m`: the manifest recorded in the shard
+/// must equal it field for field (a store of [`LEGACY_FORMAT`] has none to compare).
+fn check_made_under(bytes: &[u8], path: &Path, m: &Manifest) -> Result<()> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::file(path, format!("corrupt shard ({e})")))?;
+    let recorded = md.metadata().as_ref().and_then(|d| d.get(MANIFEST_KEY));
+    let Some(text) = recorded else {
+        return match m.format == LEGACY_FORMAT {
+            true => Ok(()),
+            false => Err(Error::file(
+                path,
+                format!("the shard does not record the manifest it was made under (a `{FORMAT}` store's shards do)"),
+            )),
+        };
+    };
+    let fields = |v: serde_json::Value| match v {
+        serde_json::Value::Object(o) => o,
+        _ => Default::default(),
+    };
+    let made = fields(
+        serde_json::from_str(text)
+            .map_err(|e| Error::file(path, format!("the shard's recorded manifest: {e}")))?,
+    );
+    let now = fields(serde_json::to_value(m).map_err(|e| Error::invalid(e.to_string()))?);
+    let keys: std::collections::BTreeSet<&String> = made.keys().chain(now.keys()).collect();
+    let differ: Vec<String> = keys
+        .into_iter()
+        .filter(|k| made.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("(none)".into(), |v| v.to_string());
+            format!(
+                "`{k}` is {} in manifest.json, {} when the shard was made",
+                show(now.get(k)),
+                show(made.get(k))
+            )
+        })
+        .collect();
+    if !differ.is_empty() {
+        return Err(Error::file(
+            path,
+            format!(
+                "the store's manifest.json was changed after this shard was made: {}",
+                differ.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes shard `s` of the store with manifest `m` atomically (with the checksum of its data
+/// and the manifest in its metadata).
+pub fn save_shard(path: &Path, s: &Shard, m: &Manifest) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = [
         ("indices", &s.indices),
         ("lambdas", &s.lambdas),
@@ -257,7 +317,9 @@ pub fn save_shard(path: &Path, s: &Shard) -> Result<()> {
     if let Some(y) = &s.labels {
         tensors.insert(1, ("labels".into(), y.shallow_clone()));
     }
-    crate::checkpoint::write_safetensors(path, &tensors, None, Default::default())
+    let json = serde_json::to_string(m).map_err(|e| Error::invalid(e.to_string()))?;
+    let info = std::collections::BTreeMap::from([(MANIFEST_KEY.to_string(), json)]);
+    crate::checkpoint::write_safetensors(path, &tensors, None, info)
 }
 
 /// A whole store in memory: `x_T` `[K, …]`, `targets` `[K, M, …]` (float32, CPU).

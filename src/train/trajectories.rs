@@ -301,7 +301,7 @@ fn generate_into(
             indices: Tensor::arange_start(lo as i64, hi as i64, (Kind::Int64, Device::Cpu)),
             labels,
         };
-        save_shard(&shard_path(dir, j), &shard)?;
+        save_shard(&shard_path(dir, j), &shard, &manifest)?;
         summary.made += 1;
         summary.samples += hi - lo;
     }
