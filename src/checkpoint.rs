@@ -153,7 +153,7 @@ pub fn save(
         .map_err(|e| Error::invalid(format!("checkpoint metadata: {e}")))?;
     let info = BTreeMap::from([
         ("dsno".to_string(), json),
-        ("format".to_string(), "dsno-checkpoint-1".to_string()),
+        ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
     ]);
     write_safetensors(path, tensors, store, info)
 }
@@ -161,6 +161,15 @@ pub fn save(
 /// The metadata key of the SHA-256 of a file's tensor data, written into every safetensors file
 /// dsno writes and verified on load where present.
 pub const CHECKSUM_KEY: &str = "sha256";
+
+/// The metadata key of the SHA-256 of a file's JSON header (every tensor's dtype, shape and
+/// offsets, and the metadata, this key left out; keys sorted, no spaces), written into every
+/// safetensors file dsno writes since `dsno-checkpoint-2` and verified on load: an edit of the
+/// metadata is caught as a flipped data bit is.
+pub const HEADER_CHECKSUM_KEY: &str = "sha256_header";
+
+/// The checkpoint format this build writes (its files carry [`HEADER_CHECKSUM_KEY`]).
+pub const CHECKPOINT_FORMAT: &str = "dsno-checkpoint-2";
 
 /// Serialises `tensors` (floating ones stored as `store` if given) with the metadata `info` and
 /// writes `path` atomically.
@@ -203,15 +212,133 @@ fn serialize(raws: &[(String, Raw)], mut info: BTreeMap<String, String>) -> Resu
         );
     }
     info.insert(CHECKSUM_KEY.to_string(), hex(&sha2::Sha256::digest(&data)));
+    info.remove(HEADER_CHECKSUM_KEY);
     header.insert("__metadata__".to_string(), serde_json::json!(info));
     header.extend(entries);
-    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("JSON of strings");
+    let mut header = serde_json::Value::Object(header);
+    let digest = header_digest(&header);
+    header["__metadata__"][HEADER_CHECKSUM_KEY] = serde_json::Value::String(digest);
+    let mut json = serde_json::to_vec(&header).expect("JSON of strings");
     json.resize(json.len().div_ceil(8) * 8, b' ');
     let mut out = Vec::with_capacity(8 + json.len() + data.len());
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     out.extend_from_slice(&data);
     Ok(out)
+}
+
+/// The SHA-256 (hex) of a header as [`HEADER_CHECKSUM_KEY`] defines it.
+fn header_digest(header: &serde_json::Value) -> String {
+    use sha2::Digest;
+    let mut h = header.clone();
+    if let Some(m) = h.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+        m.remove(HEADER_CHECKSUM_KEY);
+    }
+    hex(&sha2::Sha256::digest(serde_json::to_vec(&h).expect("JSON")))
+}
+
+/// The keys of a JSON object, in order and with repeats (a parser keeps the last of two equal
+/// keys; a header that names a tensor twice is refused instead); the keys of `__metadata__` too.
+#[derive(Default)]
+struct HeaderKeys {
+    top: Vec<String>,
+    metadata: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut keys = vec![];
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(keys)
+            }
+        }
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = HeaderKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a safetensors header")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                struct Nested(Vec<String>);
+                impl<'de> serde::Deserialize<'de> for Nested {
+                    fn deserialize<D: serde::Deserializer<'de>>(
+                        d: D,
+                    ) -> std::result::Result<Self, D::Error> {
+                        d.deserialize_map(Keys).map(Nested)
+                    }
+                }
+                let mut out = HeaderKeys::default();
+                while let Some(k) = map.next_key::<String>()? {
+                    if k == "__metadata__" {
+                        out.metadata.extend(map.next_value::<Nested>()?.0);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    out.top.push(k);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Top)
+    }
+}
+
+/// Checks a safetensors header: no tensor or metadata key named twice, and the header checksum
+/// ([`HEADER_CHECKSUM_KEY`]) where the file has one; a file of [`CHECKPOINT_FORMAT`], or a
+/// shard recording its manifest, must have one (files written before it have none: their
+/// `format` is `dsno-checkpoint-1`, and their shards record no manifest).
+fn verify_header(json: &[u8], path: &Path) -> Result<()> {
+    let keys: HeaderKeys = serde_json::from_slice(json)
+        .map_err(|e| Error::file(path, format!("unreadable safetensors header ({e})")))?;
+    for (what, list) in [("tensor", &keys.top), ("metadata key", &keys.metadata)] {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = list.iter().find(|k| !seen.insert(k.as_str())) {
+            return Err(Error::file(
+                path,
+                format!("the header names the {what} `{twice}` twice"),
+            ));
+        }
+    }
+    let header: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| Error::file(path, format!("unreadable safetensors header ({e})")))?;
+    let md = &header["__metadata__"];
+    match md.get(HEADER_CHECKSUM_KEY).and_then(|v| v.as_str()) {
+        Some(want) => {
+            let got = header_digest(&header);
+            if got != want {
+                return Err(Error::file(
+                    path,
+                    format!("header checksum mismatch: the header hashes to {got}, the file records {want} (its metadata or tensor table was changed after it was written)"),
+                ));
+            }
+        }
+        None if md.get("format").and_then(|v| v.as_str()) == Some(CHECKPOINT_FORMAT)
+            || md.get("manifest").is_some() =>
+        {
+            return Err(Error::file(
+                path,
+                format!("no `{HEADER_CHECKSUM_KEY}` in its metadata, which every file of this format carries: the file was edited"),
+            ));
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// The SHA-256 (hex) of the data section [`serialize`] writes for `raws` (sorted by name).
@@ -236,6 +363,7 @@ pub(crate) fn verify_checksum(bytes: &[u8], path: &Path) -> Result<()> {
     use sha2::Digest;
     let (n, md) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::file(path, format!("corrupt or not a safetensors file ({e})")))?;
+    verify_header(bytes.get(8..8 + n).unwrap_or_default(), path)?;
     let Some(want) = md.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)) else {
         return Ok(());
     };
@@ -305,7 +433,7 @@ pub fn split(path: &Path, dir: &Path, max_bytes: u64) -> Result<Vec<std::path::P
         let file = dir.join(format!("{stem}.part-{k}.safetensors"));
         let info = BTreeMap::from([
             ("dsno".to_string(), json.clone()),
-            ("format".to_string(), "dsno-checkpoint-1".to_string()),
+            ("format".to_string(), CHECKPOINT_FORMAT.to_string()),
             (PART_KEY.to_string(), format!("{k}/{n}")),
             (WHOLE_KEY.to_string(), whole.clone()),
         ]);
@@ -447,6 +575,33 @@ impl CheckpointMeta {
             return Err(Error::invalid(
                 "field `prediction`: one-step generators predict x",
             ));
+        }
+        // a distilled model's output times are those of the store it was trained on
+        let trained = self.train.as_ref().and_then(|t| t.get("store"));
+        if let (Some(t), Some(store)) = (&self.times, trained) {
+            let made: Option<Vec<f64>> = store
+                .get("times")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            if made.as_ref().is_some_and(|m| m != t) {
+                return Err(Error::invalid(format!(
+                    "field `times` = {t:?}: the model was trained on a store with the times {:?} (field `train.store.times`)",
+                    made.unwrap_or_default()
+                )));
+            }
+        }
+        // what the network outputs must be what the prediction type reads
+        let data = self.model.sample_shape()[0];
+        let heads = match self.prediction {
+            crate::denoiser::Prediction::Both => 2,
+            _ => 1,
+        };
+        let (out, field) = self.model.output_channels();
+        if out != heads * data {
+            return Err(Error::invalid(format!(
+                "field `{field}` = {out}: the prediction `{}` of data with {data} channels needs {} output channels",
+                serde_json::to_value(self.prediction).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                heads * data
+            )));
         }
         if self.kind == ModelKind::Dsno && (self.times.is_none() || self.modes.is_none()) {
             return Err(Error::invalid(

@@ -404,7 +404,7 @@ fn a_download_stopped_by_a_signal_leaves_nothing() {
     let server = Server::start("mnist");
     let tmp = TempDir::new("stopped");
     let dir = tmp.0.join("mnist");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dsno"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dsno"))
         .args(["data", "fetch", "mnist", "--dir", tmp.0.to_str().unwrap()])
         .args(["--mirror", &server.url("trickle")])
         .stdout(std::process::Stdio::null())

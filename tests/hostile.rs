@@ -906,3 +906,110 @@ fn an_edited_store_manifest_is_caught() {
     assert!(Manifest::load(&two).is_ok());
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn a_model_file_whose_header_was_edited_is_refused() {
+    let dir = tempdir("hostile-header");
+    // a file of this build (format 2): its header checksum catches an edit of the metadata
+    let m = dir.join("m.safetensors");
+    let o = dsno(&[
+        "export",
+        "--model",
+        s(&model("mnist-kd.safetensors")),
+        "--out",
+        s(&m),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sample = |p: &Path| {
+        let out = dir.join("x.png");
+        dsno(&[
+            "sample",
+            "--device",
+            "cpu",
+            "--count",
+            "2",
+            "--model",
+            s(p),
+            "--out",
+            s(&out),
+        ])
+    };
+    assert!(sample(&m).status.success());
+    let bad = dir.join("bad.safetensors");
+    edit_meta(&m, &bad, |v| {
+        v["dataset"] = serde_json::json!("fashion-mnist")
+    });
+    fails_with(
+        &["sample", "--model", s(&bad)],
+        &["bad.safetensors", "header checksum mismatch"],
+    );
+    // and removing the checksum does not switch the check off
+    let strip = |src: &Path, dst: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let bytes = std::fs::read(src).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        f(&mut header);
+        let mut json = serde_json::to_vec(&header).unwrap();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.extend(&bytes[8 + n..]);
+        std::fs::write(dst, out).unwrap();
+    };
+    strip(&m, &bad, &|h| {
+        h["__metadata__"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sha256_header");
+    });
+    fails_with(
+        &["sample", "--model", s(&bad)],
+        &["bad.safetensors", "sha256_header", "edited"],
+    );
+    // a tensor named twice in a header (a JSON parser keeps the last) is refused
+    let bytes = std::fs::read(&m).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let text = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    let names: Vec<String> = {
+        let h: serde_json::Value = serde_json::from_str(&text).unwrap();
+        h.as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect()
+    };
+    let a = names[0].clone();
+    let h: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = format!("\"{a}\":{}", serde_json::to_string(&h[&a]).unwrap());
+    assert!(text.contains(&entry), "{entry}");
+    let mut twice = text
+        .trim_end()
+        .replacen(&entry, &format!("{entry},{entry}"), 1)
+        .into_bytes();
+    twice.resize(twice.len().div_ceil(8) * 8, b' ');
+    let mut out = (twice.len() as u64).to_le_bytes().to_vec();
+    out.extend(&twice);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(&bad, out).unwrap();
+    fails_with(
+        &["sample", "--model", s(&bad)],
+        &["bad.safetensors", "twice", &a],
+    );
+    // metadata against the network: two heads need twice the data's channels
+    edit_meta(&model("mnist-teacher.safetensors"), &bad, |v| {
+        v["prediction"] = serde_json::json!("both")
+    });
+    fails_with(
+        &["sample", "--model", s(&bad), "--solver", "ddim"],
+        &["bad.safetensors", "model.out_channels", "both"],
+    );
+    // output times against the training record: a DSNO trained on 4 times does not sample 5
+    let mut meta = dsno::checkpoint::read_meta(&model("mnist-dsno.safetensors")).unwrap();
+    meta.train = Some(serde_json::json!({ "store": { "times": meta.times } }));
+    assert!(meta.validate().is_ok());
+    meta.times = Some(vec![0.8, 0.5625, 0.25, 0.0625, 0.0]);
+    let e = meta.validate().unwrap_err().to_string();
+    assert!(e.contains("train.store.times"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -130,6 +130,16 @@ impl ModelConfig {
         }
     }
 
+    /// The channels of the network's output (the data dimension of an MLP), and the field that
+    /// sets them.
+    pub fn output_channels(&self) -> (i64, &'static str) {
+        match self {
+            ModelConfig::Unet(c) => (c.out_channels, "model.out_channels"),
+            ModelConfig::Mlp(c) => (c.dim, "model.dim"),
+            ModelConfig::Diffusers(c) => (c.out_channels, "model.out_channels"),
+        }
+    }
+
     /// `Some(K)` for a class-conditional model of K classes.
     pub fn num_classes(&self) -> Option<i64> {
         match self {
