@@ -1013,3 +1013,36 @@ fn a_model_file_whose_header_was_edited_is_refused() {
     assert!(e.contains("train.store.times"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn eval_refuses_models_made_for_another_data_set() {
+    let dir = tempdir("hostile-eval");
+    let bad = dir.join("fashion-dsno.safetensors");
+    edit_meta(&model("mnist-dsno.safetensors"), &bad, |v| {
+        v["dataset"] = serde_json::json!("fashion-mnist")
+    });
+    let out = dir.join("report");
+    let teacher = model("mnist-teacher.safetensors");
+    fails_with(
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--teacher",
+            s(&teacher),
+            "--dsno",
+            s(&bad),
+            "--count",
+            "16",
+            "--ddim",
+            "",
+            "--dpm",
+            "",
+            "--out",
+            s(&out),
+        ],
+        &["fashion-dsno.safetensors", "`fashion-mnist`", "`mnist`"],
+    );
+    assert!(!out.exists(), "{:?}", files_in(&out));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -209,6 +209,24 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
                     "this model's sample shape differs from the teacher's",
                 ));
             }
+            if model.meta.dataset != inp.teacher.meta.dataset {
+                return Err(Error::file(
+                    name,
+                    format!(
+                        "this model was made for the data set `{}`, the teacher {} for `{}`",
+                        model.meta.dataset, inp.teacher_name, inp.teacher.meta.dataset
+                    ),
+                ));
+            }
+            if model.meta.schedule != inp.teacher.meta.schedule {
+                return Err(Error::file(
+                    name,
+                    format!(
+                        "this model was distilled under another noise schedule than the teacher {}'s",
+                        inp.teacher_name
+                    ),
+                ));
+            }
             if model.net.method() != method {
                 return Err(Error::file(
                     name,

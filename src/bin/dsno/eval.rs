@@ -1,6 +1,6 @@
 //! `dsno eval`: every method from the same noise, scored; writes the report.
 use crate::common::{data_dir, describe};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use dsno::data::{idx, to_unit_range};
 use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, InceptionInputs, Targets};
 use dsno::metrics::fid::FidStats;
@@ -131,9 +131,10 @@ fn classifier(
         }
     };
     if c.0.info.dataset != dataset {
-        eprintln!(
-            "warning: the classifier {} was trained on {}, the teacher on {dataset}",
-            c.1, c.0.info.dataset
+        bail!(
+            "the classifier {} was trained on {}, the teacher on {dataset}: its features would not score these samples (give --classifier for {dataset})",
+            c.1,
+            c.0.info.dataset
         );
     }
     let (acc, set) = (100.0 * c.0.info.test_accuracy, c.0.info.dataset.clone());
