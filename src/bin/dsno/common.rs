@@ -102,6 +102,16 @@ pub fn check_io(
     Ok(())
 }
 
+/// [`check_io`] of a command with one input and one output, `--out` (a folder when `folder`).
+pub fn check_out(input: (&str, &Path), out: &Path, folder: bool) -> Result<()> {
+    let folders: &[&str] = if folder { &["--out"] } else { &[] };
+    check_io(
+        &[(input.0, Some(input.1))],
+        &[("--out", Some(out))],
+        folders,
+    )
+}
+
 impl RunArgs {
     /// Refuses a run whose folder or files would destroy one of `inputs` (the config, the
     /// teacher, the store, the data, an --init model).

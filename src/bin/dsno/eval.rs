@@ -148,7 +148,8 @@ fn real(dir: &Path, split: idx::Split, labels: bool) -> Result<(tch::Tensor, Opt
     Ok((images, labels))
 }
 
-pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+/// Refuses an output folder that would destroy an input, before anything is loaded.
+fn check_io(a: &Args) -> Result<()> {
     crate::common::check_io(
         &[
             ("--teacher", Some(&a.teacher)),
@@ -160,7 +161,11 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
         ],
         &[("--out", Some(&a.out))],
         &["--out"],
-    )?;
+    )
+}
+
+pub fn run(a: Args, device: Device) -> Result<ExitCode> {
+    check_io(&a)?;
     let teacher = Teacher::load(&a.teacher, device)?;
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
     let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;

@@ -17,11 +17,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    crate::common::check_io(
-        &[("--model", Some(&a.model))],
-        &[("--out", Some(&a.out))],
-        &[],
-    )?;
+    crate::common::check_out(("--model", &a.model), &a.out, false)?;
     let ck = dsno::checkpoint::load(&a.model)?;
     let n = ck.export(&a.out, a.fp16.then_some(tch::Kind::Half))?;
     println!("{n} tensors → {}", a.out.display());

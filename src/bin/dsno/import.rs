@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         dataset,
         ..Default::default()
     };
-    crate::common::check_io(&[("DIR", Some(&dir))], &[("--out", Some(&out))], &[])?;
+    crate::common::check_out(("DIR", &dir), &out, false)?;
     let ck = import_diffusers(&dir, &o)?;
     let n = ck.export(&out, fp16.then_some(Kind::Half))?;
     println!(

@@ -213,19 +213,10 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let (labels, count) = labels(
-        a,
-        model.num_classes(),
-        &model.meta.model.sample_shape(),
-        path,
-    )?;
+    let shape = model.meta.model.sample_shape();
+    let (labels, count) = labels(a, model.num_classes(), &shape, path)?;
     let device = model.device();
-    let noise = Noise::at_t_max(
-        a.ode.seed,
-        model.meta.model.sample_shape(),
-        &model.meta.schedule,
-        device,
-    );
+    let noise = Noise::at_t_max(a.ode.seed, shape, &model.meta.schedule, device);
     let o = DrawOptions {
         count: count as usize,
         labels,

@@ -1,5 +1,5 @@
 //! `dsno train-classifier`: the feature classifier of the sample-quality metrics.
-use crate::common::{data_dir, describe};
+use crate::common::{check_out, data_dir, describe};
 use anyhow::Result;
 use dsno::checkpoint::ClassifierInfo;
 use dsno::train::classifier::{fit, save, Schedule};
@@ -35,11 +35,7 @@ pub struct Args {
 
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let dir = data_dir(a.data.as_deref(), &a.name)?;
-    crate::common::check_io(
-        &[("the data folder", Some(&dir))],
-        &[("--out", Some(&a.out))],
-        &[],
-    )?;
+    check_out(("the data folder", &dir), &a.out, false)?;
     println!(
         "classifier on {} ({}): {} steps of {} on {}",
         a.name,

@@ -1,4 +1,5 @@
 //! `dsno trajectories`: the teacher's ODE solved from seeded noise, stored in shards.
+use crate::common::check_out;
 use anyhow::{Context, Result};
 use dsno::comm::Comm;
 use dsno::model::Teacher;
@@ -60,11 +61,7 @@ fn parse_part(s: &str) -> Result<(usize, usize)> {
 }
 
 pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
-    crate::common::check_io(
-        &[("--teacher", Some(&a.teacher))],
-        &[("--out", Some(&a.out))],
-        &["--out"],
-    )?;
+    check_out(("--teacher", &a.teacher), &a.out, true)?;
     let teacher = Teacher::load(&a.teacher, device)?;
     let o = GenerateOptions {
         solver: a.solver,
