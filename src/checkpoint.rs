@@ -30,8 +30,10 @@ pub enum ModelKind {
     Kd,
 }
 
-/// The metadata of a checkpoint.
+/// The metadata of a checkpoint. A field this build does not know is refused (an edit, or a
+/// file of a newer format).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointMeta {
     pub kind: ModelKind,
     pub model: ModelConfig,
@@ -170,6 +172,10 @@ pub const HEADER_CHECKSUM_KEY: &str = "sha256_header";
 
 /// The checkpoint format this build writes (its files carry [`HEADER_CHECKSUM_KEY`]).
 pub const CHECKPOINT_FORMAT: &str = "dsno-checkpoint-2";
+
+/// The format of checkpoints written before [`HEADER_CHECKSUM_KEY`] (the bundled models among
+/// them); still read.
+pub const LEGACY_CHECKPOINT_FORMAT: &str = "dsno-checkpoint-1";
 
 /// Serialises `tensors` (floating ones stored as `store` if given) with the metadata `info` and
 /// writes `path` atomically.
@@ -318,6 +324,18 @@ fn verify_header(json: &[u8], path: &Path) -> Result<()> {
     let header: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| Error::file(path, format!("unreadable safetensors header ({e})")))?;
     let md = &header["__metadata__"];
+    if md.get("dsno").is_some() {
+        let format = md
+            .get("format")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(none)");
+        if format != CHECKPOINT_FORMAT && format != LEGACY_CHECKPOINT_FORMAT {
+            return Err(Error::file(
+                path,
+                format!("metadata `format` = {format}: this build reads `{CHECKPOINT_FORMAT}` and `{LEGACY_CHECKPOINT_FORMAT}`"),
+            ));
+        }
+    }
     match md.get(HEADER_CHECKSUM_KEY).and_then(|v| v.as_str()) {
         Some(want) => {
             let got = header_digest(&header);

@@ -996,6 +996,18 @@ fn a_model_file_whose_header_was_edited_is_refused() {
         &["sample", "--model", s(&bad)],
         &["bad.safetensors", "twice", &a],
     );
+    // every field is known, and the format is one this build reads
+    edit_meta(&model("mnist-kd.safetensors"), &bad, |v| {
+        v["comment"] = serde_json::json!("hello")
+    });
+    fails_with(
+        &["sample", "--model", s(&bad)],
+        &["unknown field `comment`"],
+    );
+    strip(&model("mnist-kd.safetensors"), &bad, &|h| {
+        h["__metadata__"]["format"] = serde_json::json!("dsno-checkpoint-9");
+    });
+    fails_with(&["sample", "--model", s(&bad)], &["dsno-checkpoint-9"]);
     // metadata against the network: two heads need twice the data's channels
     edit_meta(&model("mnist-teacher.safetensors"), &bad, |v| {
         v["prediction"] = serde_json::json!("both")
