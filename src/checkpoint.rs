@@ -255,44 +255,18 @@ impl<'de> serde::Deserialize<'de> for HeaderKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct Keys;
         impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = Vec<String>;
+            type Value = HeaderKeys;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut keys = vec![];
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(keys)
-            }
-        }
-        struct Top;
-        impl<'de> serde::de::Visitor<'de> for Top {
-            type Value = HeaderKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a safetensors header")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                struct Nested(Vec<String>);
-                impl<'de> serde::Deserialize<'de> for Nested {
-                    fn deserialize<D: serde::Deserializer<'de>>(
-                        d: D,
-                    ) -> std::result::Result<Self, D::Error> {
-                        d.deserialize_map(Keys).map(Nested)
-                    }
-                }
+            ) -> std::result::Result<HeaderKeys, A::Error> {
                 let mut out = HeaderKeys::default();
                 while let Some(k) = map.next_key::<String>()? {
                     if k == "__metadata__" {
-                        out.metadata.extend(map.next_value::<Nested>()?.0);
+                        out.metadata = map.next_value::<HeaderKeys>()?.top;
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
@@ -301,7 +275,7 @@ impl<'de> serde::Deserialize<'de> for HeaderKeys {
                 Ok(out)
             }
         }
-        d.deserialize_map(Top)
+        d.deserialize_map(Keys)
     }
 }
 
