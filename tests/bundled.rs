@@ -13,11 +13,11 @@ mod common;
 use common::{dsno, model, root, tempdir};
 
 /// The largest |Δ| allowed between a sample and its fixture, samples being in [−1, 1]. On an
-/// AVX-512 Xeon against the fixtures' EPYC, and under the emulated instruction sets and thread
-/// counts of scripts/isa-spread.sh, the samples move by at most 1.7e-5 (the teacher's 4 solver
-/// steps; docs/RESULTS.md §18); a change of behaviour — another seed, solver step, weight or
-/// schedule — moves them by 1e-2 or more. 1e-4 sits between the two, an eightieth of a level of
-/// an 8-bit image.
+/// AVX-512 Xeon and an AVX-512 EPYC against the fixtures' AVX2 kernels, and under the emulated
+/// instruction sets and thread counts of scripts/isa-spread.sh, the samples move by at most
+/// 1.2e-5 (the teacher's 4 solver steps; docs/RESULTS.md §18); a change of behaviour — another
+/// seed, solver step, weight or schedule — moves them by 1e-2 or more. 1e-4 sits between the
+/// two, an eightieth of a level of an 8-bit image.
 const SAMPLE_ATOL: f64 = 1e-4;
 
 /// The least class accuracy of the bundled conditional DSNO's `--classes --count 20` grid: 0.710
