@@ -164,8 +164,21 @@ fn check_io(a: &Args) -> Result<()> {
     )
 }
 
+/// Evaluates into `--out`, held against other runs for the whole evaluation; a folder the
+/// evaluation created is removed again when it fails.
 pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     check_io(&a)?;
+    let existed = a.out.exists();
+    let lock = dsno::util::fsio::FolderLock::acquire(&a.out)?;
+    let result = evaluate_into(&a, device);
+    drop(lock);
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir(&a.out);
+    }
+    result
+}
+
+fn evaluate_into(a: &Args, device: Device) -> Result<ExitCode> {
     let teacher = Teacher::load(&a.teacher, device)?;
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
     let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;
