@@ -181,12 +181,12 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
 fn evaluate_into(a: &Args, device: Device) -> Result<ExitCode> {
     let teacher = Teacher::load(&a.teacher, device)?;
     let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
-    let (cls, cls_name) = classifier(&a, &teacher.meta.dataset, device)?;
+    let (cls, cls_name) = classifier(a, &teacher.meta.dataset, device)?;
     let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
     let [train, test] = [idx::Split::Train, idx::Split::Test]
         .map(|split| real(&dir, split, teacher.num_classes().is_some()));
     let ((train_images, train_labels), (test_images, test_labels)) = (train?, test?);
-    let inc = inception(&a, &train_images, device)?;
+    let inc = inception(a, &train_images, device)?;
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: a.teacher.display().to_string(),
@@ -211,7 +211,7 @@ fn evaluate_into(a: &Args, device: Device) -> Result<ExitCode> {
         n.0, n.1, n.2
     );
     let start = Instant::now();
-    let (report, samples) = evaluate(&inputs, &options(&a))?;
+    let (report, samples) = evaluate(&inputs, &options(a))?;
     write_report(&a.out, &report, &samples)?;
     print!("{}", report.table());
     report.targets().iter().for_each(|t| println!("{t}"));
