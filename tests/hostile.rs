@@ -36,22 +36,29 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Rewrites the `dsno` metadata JSON of a checkpoint with `edit` (tensor data untouched, so its
-/// checksum stays valid).
-fn edit_meta(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+/// Rewrites the JSON header of a safetensors file with `edit` (tensor data untouched, so its
+/// data checksum stays valid).
+fn edit_header(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let bytes = std::fs::read(src).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let meta = header["__metadata__"]["dsno"].as_str().unwrap();
-    let mut meta: serde_json::Value = serde_json::from_str(meta).unwrap();
-    edit(&mut meta);
-    header["__metadata__"]["dsno"] = serde_json::Value::String(meta.to_string());
+    edit(&mut header);
     let mut json = serde_json::to_vec(&header).unwrap();
     json.resize(json.len().div_ceil(8) * 8, b' ');
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
     out.extend(json);
     out.extend(&bytes[8 + n..]);
     std::fs::write(dst, out).unwrap();
+}
+
+/// Rewrites the `dsno` metadata JSON of a checkpoint with `edit` ([`edit_header`]).
+fn edit_meta(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    edit_header(src, dst, |header| {
+        let meta = header["__metadata__"]["dsno"].as_str().unwrap();
+        let mut meta: serde_json::Value = serde_json::from_str(meta).unwrap();
+        edit(&mut meta);
+        header["__metadata__"]["dsno"] = serde_json::Value::String(meta.to_string());
+    });
 }
 
 /// A copy of the toy config with `line` appended to its `[train]` table (the last table).
@@ -944,19 +951,7 @@ fn a_model_file_whose_header_was_edited_is_refused() {
         &["bad.safetensors", "header checksum mismatch"],
     );
     // and removing the checksum does not switch the check off
-    let strip = |src: &Path, dst: &Path, f: &dyn Fn(&mut serde_json::Value)| {
-        let bytes = std::fs::read(src).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        f(&mut header);
-        let mut json = serde_json::to_vec(&header).unwrap();
-        json.resize(json.len().div_ceil(8) * 8, b' ');
-        let mut out = (json.len() as u64).to_le_bytes().to_vec();
-        out.extend(json);
-        out.extend(&bytes[8 + n..]);
-        std::fs::write(dst, out).unwrap();
-    };
-    strip(&m, &bad, &|h| {
+    edit_header(&m, &bad, |h| {
         h["__metadata__"]
             .as_object_mut()
             .unwrap()
@@ -1004,7 +999,7 @@ fn a_model_file_whose_header_was_edited_is_refused() {
         &["sample", "--model", s(&bad)],
         &["unknown field `comment`"],
     );
-    strip(&model("mnist-kd.safetensors"), &bad, &|h| {
+    edit_header(&model("mnist-kd.safetensors"), &bad, |h| {
         h["__metadata__"]["format"] = serde_json::json!("dsno-checkpoint-9");
     });
     fails_with(&["sample", "--model", s(&bad)], &["dsno-checkpoint-9"]);
