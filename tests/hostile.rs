@@ -795,12 +795,18 @@ fn statistics_samples_and_launch_variables_that_lie_are_refused() {
     let e = FidStats::read(&asym).unwrap_err().to_string();
     assert!(e.contains("not symmetric"), "{e}");
     // samples far outside the data range are not scored as if clamped
-    use dsno::eval::score::check_range;
+    use dsno::eval::score::check_image_range;
     let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-    assert!(check_range(&(&x * 1.5)).is_ok());
-    let e = check_range(&(&x * 1000.0)).unwrap_err().to_string();
+    assert!(check_image_range(&(&x * 1.5)).is_ok());
+    let e = check_image_range(&(&x * 1000.0)).unwrap_err().to_string();
     assert!(e.contains("far outside the data range"), "{e}");
-    assert!(check_range(&(&x / 0.0)).is_err());
+    assert!(check_image_range(&(&x / 0.0)).is_err());
+    let wild = dir.join("wild.safetensors");
+    dsno::checkpoint::save_tensors(&wild, &[("samples".into(), &x * 1000.0)]).unwrap();
+    fails_with(
+        &["fid", s(&wild), "--ref", s(&p)],
+        &["wild.safetensors", "far outside the data range"],
+    );
     // launch variables past a C int are refused, not cut to 32 bits
     let vars = |world: &'static str| {
         move |k: &str| match k {

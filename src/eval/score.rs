@@ -115,7 +115,6 @@ impl<'a> Scorer<'a> {
     /// The scores of images `[N, …]` in [-1, 1] (values outside are clamped), with the
     /// class-conditional scores when the images' class `labels` `[N]` are given.
     pub fn score(&self, images: &Tensor, labels: Option<&Tensor>) -> Result<Scores> {
-        check_range(images)?;
         let feats = features(self.classifier, images);
         let fd = metrics::frechet_distance_of(&feats, &self.real)?;
         let (kid, kid_se) = metrics::kid(
@@ -147,14 +146,15 @@ impl<'a> Scorer<'a> {
     }
 }
 
-/// How far outside the data range [−1, 1] scored images may reach, |x| ≤ 2: a one-step model
-/// overshoots the range a little and is clamped to it, as the networks that score it quantise
-/// to 8 bits; values beyond are not images of the range (raw network outputs, [0, 255] pixels)
-/// and clamping them would score something else.
+/// How far outside the data range [−1, 1] an image set read from a file may reach, |x| ≤ 2:
+/// samples overshoot the range a little and are clamped to it, as the networks that score them
+/// quantise to 8 bits; values beyond are not images of the range (raw network outputs, [0, 255]
+/// pixels) and clamping them would score something else. (Samples a command draws itself, e.g.
+/// `eval`'s few-step rows, are scored as drawn, clamped.)
 pub const FAR_OUTSIDE: f64 = 2.0;
 
 /// Refuses images with non-finite values or values beyond ±[`FAR_OUTSIDE`].
-pub fn check_range(images: &Tensor) -> Result<()> {
+pub fn check_image_range(images: &Tensor) -> Result<()> {
     if images.numel() == 0 {
         return Ok(());
     }
@@ -203,7 +203,6 @@ pub fn inception_stats(
     batch: usize,
     progress: Option<&str>,
 ) -> Result<crate::metrics::fid::FidStats> {
-    check_range(images)?;
     let n = images.size().first().copied().unwrap_or(0) as u64;
     let bar = crate::util::progress::samples(
         progress.is_some(),

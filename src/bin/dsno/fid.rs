@@ -71,6 +71,7 @@ pub fn run_ref(a: RefArgs, device: Device) -> Result<ExitCode> {
         &[],
     )?;
     let mut images = read_images(&a.data, split)?;
+    dsno::eval::score::check_image_range(&images).map_err(|e| e.in_file(&a.data))?;
     if let Some(n) = a.count {
         let have = images.size()[0] as u64;
         if n > have {
@@ -135,7 +136,11 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
     let reference = FidStats::read(&a.reference)?;
     let images = match a.count {
         Some(n) => draw_from(&a, n, device)?,
-        None => read_images(&a.samples, Split::Test)?,
+        None => {
+            let images = read_images(&a.samples, Split::Test)?;
+            dsno::eval::score::check_image_range(&images).map_err(|e| e.in_file(&a.samples))?;
+            images
+        }
     };
     let net = a.net.load(device)?;
     let stats = stats_of(&net, &images, a.net.inception_batch)?;
