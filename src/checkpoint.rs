@@ -13,7 +13,6 @@ use crate::schedule::Schedule;
 use crate::util::fsio::write_atomic;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -76,21 +75,6 @@ pub(crate) struct Raw {
     dtype: safetensors::Dtype,
     shape: Vec<usize>,
     data: Vec<u8>,
-}
-
-impl safetensors::View for &Raw {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
 }
 
 fn dtype_of(kind: Kind) -> Result<safetensors::Dtype> {

@@ -72,7 +72,7 @@ impl Precision {
     pub fn autocast(self, device: Device) -> Autocast {
         match self {
             Precision::Bf16 => Autocast::enter(device, true),
-            _ => Autocast { state: None },
+            _ => Autocast::none(),
         }
     }
 }
@@ -113,15 +113,27 @@ pub fn autocast_enabled(device: Device) -> bool {
 pub struct Autocast {
     /// (device is CUDA, previous state), or None for a region that changed nothing.
     state: Option<(c_int, c_int)>,
+    /// Not `Send`: the state it restores is libtorch's thread-local autocast state, so the guard
+    /// must be dropped on the thread that entered the region.
+    _thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Autocast {
+    /// A region that changes nothing.
+    fn none() -> Self {
+        Autocast {
+            state: None,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
     fn enter(device: Device, enabled: bool) -> Self {
         let cuda = c_int::from(device.is_cuda());
         // SAFETY: sets libtorch's thread-local autocast state; the guard restores it.
         let prev = unsafe { dsno_autocast_enter(cuda, c_int::from(enabled)) };
         Autocast {
             state: Some((cuda, prev)),
+            _thread: std::marker::PhantomData,
         }
     }
 }
@@ -140,7 +152,7 @@ impl Drop for Autocast {
 pub fn full_precision(device: Device) -> Autocast {
     match autocast_enabled(device) {
         true => Autocast::enter(device, false),
-        false => Autocast { state: None },
+        false => Autocast::none(),
     }
 }
 
