@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU window of issue 15, as one command: the throughput table of the training commands, the
+# One GPU window, as one command: the throughput table of the training commands, the
 # NCCL all-reduce, then the campaign (scripts/campaign.sh) with the time left. What comes back
 # fits the device's limits (at most 8 files of 16 MiB, 64 MiB in all): $OUT/window.log (every
 # table and log, in order) and $OUT/state.tar.part-aa, -ab, … (the campaign's training states and

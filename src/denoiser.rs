@@ -9,10 +9,13 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// A denoiser `D(z_t, t)`: the prediction of the clean data `x` from the noisy `z_t = α_t x + σ_t ε`.
+/// A denoiser `D(z_t, t, y)`: the prediction of the clean data `x` from the noisy
+/// `z_t = α_t x + σ_t ε`, for class labels `y` `[N]` (int64) of a class-conditional model, or
+/// unconditionally (the null class of classifier-free guidance) when `labels` is `None`. Labels
+/// outside the model's classes, or given to an unconditional model, are an error.
 pub trait Denoiser {
-    /// `x̂ = D(z_t, t)` for a batch `z` at schedule time `t`.
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor>;
+    /// `x̂ = D(z_t, t, y)` for a batch `z` at schedule time `t`.
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor>;
 
     /// Network evaluations one call of [`Denoiser::denoise`] costs (what solvers count as NFE):
     /// 1, or 2 for classifier-free guidance.
@@ -21,11 +24,14 @@ pub trait Denoiser {
     }
 }
 
-/// A denoiser of class-conditional data: `D(z_t, t, y)` for labels `y` `[N]` (int64), or the
-/// unconditional `D(z_t, t)` (the null class of classifier-free guidance) when `labels` is
-/// `None`. Labels outside the model's classes are an error.
-pub trait ConditionalDenoiser {
-    fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor>;
+/// The error of labels given to a denoiser of unconditional data.
+pub fn no_labels(labels: Option<&Tensor>) -> Result<()> {
+    match labels {
+        None => Ok(()),
+        Some(_) => Err(Error::invalid(
+            "this model is not class-conditional: it takes no labels",
+        )),
+    }
 }
 
 /// Checks class labels `[N]` against `n` rows and `classes` classes (the null class `classes`
@@ -52,15 +58,19 @@ pub fn check_labels(labels: &Tensor, n: i64, classes: i64, null: bool) -> Result
     Ok(y)
 }
 
-/// A conditional denoiser with its labels fixed (`None`: unconditional): a plain [`Denoiser`].
+/// A denoiser with its labels fixed (`None`: unconditional), for the solvers, which pass none.
 pub struct Conditioned<'a> {
-    pub inner: &'a dyn ConditionalDenoiser,
+    pub inner: &'a dyn Denoiser,
     pub labels: Option<Tensor>,
 }
 
 impl Denoiser for Conditioned<'_> {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
-        self.inner.denoise_labels(z, t, self.labels.as_ref())
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        self.inner.denoise(z, t, labels.or(self.labels.as_ref()))
+    }
+
+    fn evaluations(&self) -> usize {
+        self.inner.evaluations()
     }
 }
 
@@ -69,53 +79,107 @@ impl Denoiser for Conditioned<'_> {
 /// denoiser and `w = 0` the unconditional one, each evaluated alone (exactly, in one
 /// evaluation); `w > 1` sharpens towards the class.
 pub struct Guided<'a> {
-    inner: &'a dyn ConditionalDenoiser,
+    inner: &'a dyn Denoiser,
     labels: Tensor,
-    scale: f64,
+    scale: Guidance,
 }
 
-/// Checks a classifier-free guidance scale: finite and at least 0.
-pub fn check_guidance(scale: f64) -> Result<()> {
-    if !(scale.is_finite() && scale >= 0.0) {
-        return Err(Error::invalid(format!(
-            "the guidance scale must be finite and at least 0, got {scale}"
-        )));
+/// A classifier-free guidance scale w: finite and at least 0 (1: the conditional model; 0: the
+/// unconditional one). Written into files as the plain number.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Guidance(f64);
+
+impl Guidance {
+    /// The conditional model, w = 1.
+    pub const CONDITIONAL: Guidance = Guidance(1.0);
+
+    /// Checks a scale: finite and at least 0.
+    pub fn new(scale: f64) -> Result<Guidance> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(Error::invalid(format!(
+                "the guidance scale must be finite and at least 0, got {scale}"
+            )));
+        }
+        Ok(Guidance(scale))
     }
-    Ok(())
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl Default for Guidance {
+    fn default() -> Self {
+        Guidance::CONDITIONAL
+    }
+}
+
+impl TryFrom<f64> for Guidance {
+    type Error = Error;
+    fn try_from(w: f64) -> Result<Guidance> {
+        Guidance::new(w)
+    }
+}
+
+impl From<Guidance> for f64 {
+    fn from(g: Guidance) -> f64 {
+        g.0
+    }
+}
+
+impl std::str::FromStr for Guidance {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Guidance> {
+        let w: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| Error::invalid(format!("{s:?} is not a number")))?;
+        Guidance::new(w)
+    }
+}
+
+impl std::fmt::Display for Guidance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 impl<'a> Guided<'a> {
-    /// Guidance of scale `scale` (finite, ≥ 0) towards `labels` `[N]`.
-    pub fn new(inner: &'a dyn ConditionalDenoiser, labels: Tensor, scale: f64) -> Result<Self> {
-        check_guidance(scale)?;
-        Ok(Guided {
+    /// Guidance of scale `scale` towards `labels` `[N]`.
+    pub fn new(inner: &'a dyn Denoiser, labels: Tensor, scale: Guidance) -> Self {
+        Guided {
             inner,
             labels,
             scale,
-        })
+        }
     }
 
     /// The guidance scale w.
-    pub fn scale(&self) -> f64 {
+    pub fn scale(&self) -> Guidance {
         self.scale
     }
 }
 
 impl Denoiser for Guided<'_> {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
-        if self.scale == 1.0 {
-            return self.inner.denoise_labels(z, t, Some(&self.labels));
+    /// Guidance towards `labels` if given, else towards the labels it was made with.
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        let y = labels.unwrap_or(&self.labels);
+        let w = self.scale.get();
+        if w == 1.0 {
+            return self.inner.denoise(z, t, Some(y));
         }
-        let uncond = self.inner.denoise_labels(z, t, None)?;
-        if self.scale == 0.0 {
+        let uncond = self.inner.denoise(z, t, None)?;
+        if w == 0.0 {
             return Ok(uncond);
         }
-        let cond = self.inner.denoise_labels(z, t, Some(&self.labels))?;
-        Ok(&uncond + (cond - &uncond) * self.scale)
+        let cond = self.inner.denoise(z, t, Some(y))?;
+        Ok(&uncond + (cond - &uncond) * w)
     }
 
     fn evaluations(&self) -> usize {
-        if self.scale == 0.0 || self.scale == 1.0 {
+        let w = self.scale.get();
+        if w == 0.0 || w == 1.0 {
             1
         } else {
             2
@@ -123,8 +187,10 @@ impl Denoiser for Guided<'_> {
     }
 }
 
+/// A function of (z, t) of unconditional data.
 impl<F: Fn(&Tensor, f64) -> Result<Tensor>> Denoiser for F {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        no_labels(labels)?;
         self(z, t)
     }
 }
@@ -178,7 +244,8 @@ pub struct PredictionDenoiser<F> {
 }
 
 impl<F: Fn(&Tensor, f64) -> Result<Tensor>> Denoiser for PredictionDenoiser<F> {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        no_labels(labels)?;
         let out = (self.net)(z, t)?;
         let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
         Ok(match self.prediction {
@@ -217,7 +284,8 @@ impl GaussianDenoiser {
 }
 
 impl Denoiser for GaussianDenoiser {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+        no_labels(labels)?;
         let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
         let s2 = self.std * self.std;
         let gain = a * s2 / (a * a * s2 + s * s);
@@ -327,10 +395,10 @@ impl MixtureDenoiser {
 
 /// The mixture with the component as the class: `D(z, t, k)` is the posterior mean of component
 /// k alone (a Gaussian), `D(z, t)` that of the whole mixture.
-impl ConditionalDenoiser for MixtureDenoiser {
-    fn denoise_labels(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
+impl Denoiser for MixtureDenoiser {
+    fn denoise(&self, z: &Tensor, t: f64, labels: Option<&Tensor>) -> Result<Tensor> {
         let Some(y) = labels else {
-            return self.denoise(z, t);
+            return self.denoise_mixture(z, t);
         };
         let shape = z.size();
         let n = shape[0];
@@ -352,8 +420,9 @@ impl ConditionalDenoiser for MixtureDenoiser {
     }
 }
 
-impl Denoiser for MixtureDenoiser {
-    fn denoise(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+impl MixtureDenoiser {
+    /// The posterior mean of the whole mixture.
+    fn denoise_mixture(&self, z: &Tensor, t: f64) -> Result<Tensor> {
         let shape = z.size();
         let n = shape[0];
         let zf = z.reshape([n, -1]);

@@ -31,6 +31,8 @@ pub mod sampling;
 pub mod checkpoint;
 pub mod data;
 pub mod model;
+pub mod import;
+pub mod export;
 pub mod train;
 pub mod eval;
 pub mod bench;

@@ -10,12 +10,24 @@
 //! Variable names: the backbone's (identical to the teacher's, so a teacher checkpoint loads
 //! into it) and `timeconv.{i}.weight` for the i-th slot.
 use crate::nn::timeconv::{DftPath, TimeConv};
-use crate::nn::{Backbone, ModelConfig};
+use crate::nn::{Backbone, ModelConfig, Role};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use tch::{nn, Kind, Tensor};
+
+/// The variable path of the operator's TimeConv layers (`timeconv.{i}.weight`).
+pub const TIMECONV: &str = "timeconv";
+
+/// The role of variable `name` of an operator (or a bare backbone) on `backbone`.
+pub fn role(backbone: &ModelConfig, name: &str) -> Role {
+    match name.strip_prefix(TIMECONV) {
+        Some(rest) if rest.starts_with('.') => Role::TimeConv,
+        _ => backbone.role(name),
+    }
+}
 
 /// What an operator is, beyond its backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +61,7 @@ impl Operator {
             .enumerate()
             .map(|(i, &c)| {
                 let path = DftPath::fastest_on(p.device());
-                TimeConv::new(&(p / "timeconv" / i), c, cfg.modes, m, path)
+                TimeConv::new(&(p / TIMECONV / i), c, cfg.modes, m, path)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Operator {
@@ -72,28 +84,18 @@ impl Operator {
         }
     }
 
-    /// `x_T` `[B, …]` → predictions at the M output times `[B, M, …]` (a class-conditional
-    /// backbone with its null class).
-    pub fn forward(&self, x_t: &Tensor, train: bool) -> Tensor {
-        let emb = self
-            .backbone
-            .embed(&self.slot_times(x_t))
-            .repeat([x_t.size()[0], 1]);
-        self.forward_emb(x_t, &emb, train)
-    }
-
-    /// [`Operator::forward`] for class `labels` `[B]` (`None`: the null class): every slot of
-    /// sample b gets the embedding of its output time plus that of class `labels[b]`.
-    pub fn forward_labels(
-        &self,
-        x_t: &Tensor,
-        labels: Option<&Tensor>,
-        train: bool,
-    ) -> Result<Tensor> {
-        let Some(y) = labels else {
-            return Ok(self.forward(x_t, train));
-        };
+    /// `x_T` `[B, …]` → predictions at the M output times `[B, M, …]`, for class `labels` `[B]`
+    /// of a class-conditional backbone (`None`: the null class): every slot of sample b gets the
+    /// embedding of its output time plus that of class `labels[b]`.
+    pub fn forward(&self, x_t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let (b, m) = (x_t.size()[0], self.slots());
+        let Some(y) = labels else {
+            let emb = self
+                .backbone
+                .embed(&self.slot_times(x_t), None)?
+                .repeat([b, 1]);
+            return Ok(self.forward_emb(x_t, &emb, train));
+        };
         if y.size() != [b] {
             return Err(Error::invalid(format!(
                 "labels of shape {:?} for a batch of {b}",
@@ -104,7 +106,7 @@ impl Operator {
         let y = y
             .to_device(x_t.device())
             .repeat_interleave_self_int(m, 0, None);
-        let emb = self.backbone.embed_labels(&t, Some(&y))?;
+        let emb = self.backbone.embed(&t, Some(&y))?;
         Ok(self.forward_emb(x_t, &emb, train))
     }
 
@@ -144,8 +146,10 @@ impl Operator {
     }
 
     /// The sample: the last slot of [`Operator::forward`], `[B, …]`.
-    pub fn sample(&self, x_t: &Tensor) -> Tensor {
-        self.forward(x_t, false).select(1, self.slots() - 1)
+    pub fn sample(&self, x_t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self
+            .forward(x_t, labels, false)?
+            .select(1, self.slots() - 1))
     }
 
     /// Parameter count (backbone + TimeConv).
@@ -189,7 +193,9 @@ impl Operator {
             .map(|t| t.weight.device())
             .unwrap_or(tch::Device::Cpu);
         let x = Tensor::zeros(shape.as_slice(), (Kind::Float, dev));
-        let emb = self.backbone.embed(&Tensor::zeros([1], (Kind::Float, dev)));
+        let emb = self
+            .backbone
+            .time_embedding(&Tensor::zeros([1], (Kind::Float, dev)));
         let mut out = vec![];
         let mut hook = |_: usize, h: Tensor| {
             out.push(h.size()[2..].iter().product::<i64>());
@@ -202,106 +208,166 @@ impl Operator {
     }
 }
 
-/// Which one-step generator: the DSNO operator or the KD baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
+/// A distillation method, by the name written in distillation configs (`method`) and in the
+/// checkpoints of its students (`kind`): `dsno`, `kd`, or any other method registered in
+/// `train::objective`. This layer knows a method by name only; what it trains is the objective's
+/// business, what it runs is its [`Architecture`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Method(Cow<'static, str>);
+
+impl Method {
     /// The operator: x_T → the teacher's x̂ at all M output times (Zheng et al. 2023).
-    #[default]
-    Dsno,
+    pub const DSNO: Method = Method(Cow::Borrowed("dsno"));
     /// Knowledge distillation (Luhman & Luhman 2021): the bare backbone at the last output time,
     /// x_T → the sample.
-    Kd,
-}
+    pub const KD: Method = Method(Cow::Borrowed("kd"));
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Dsno => "DSNO",
-            Method::Kd => "KD",
-        })
+    /// A method name: 1 to 32 characters of `a`–`z`, `0`–`9` and `-`, starting with a letter;
+    /// `teacher` is a checkpoint kind of its own.
+    pub fn new(name: &str) -> Result<Method> {
+        let ok = (1..=32).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name != "teacher";
+        if !ok {
+            return Err(Error::invalid(format!(
+                "{name:?} is not a method name (1 to 32 of a–z, 0–9 and '-', starting with a letter; not \"teacher\")"
+            )));
+        }
+        Ok(Method(Cow::Owned(name.to_string())))
+    }
+
+    /// A method name known to be valid, for registrations (`train::objective`), which a test
+    /// checks against [`Method::new`].
+    pub const fn registered(name: &'static str) -> Method {
+        Method(Cow::Borrowed(name))
+    }
+
+    /// The name as written in files (`dsno`, `kd`).
+    pub fn name(&self) -> &str {
+        &self.0
     }
 }
 
-/// A one-step generator: noise x_T `[B, …]` → outputs `[B, M', …]` in one forward pass, the last
-/// of which is the sample (DSNO: M' = M output times; KD: M' = 1).
-pub enum Generator {
-    Dsno(Box<Operator>),
-    Kd {
+impl Default for Method {
+    fn default() -> Self {
+        Method::DSNO
+    }
+}
+
+impl TryFrom<String> for Method {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Method> {
+        Method::new(&s)
+    }
+}
+
+impl From<Method> for String {
+    fn from(m: Method) -> String {
+        m.0.into_owned()
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Method> {
+        Method::new(s)
+    }
+}
+
+impl fmt::Display for Method {
+    /// The display name: the name in capitals (`DSNO`, `KD`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_uppercase())
+    }
+}
+
+/// What a one-step generator runs: the network a method trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// The DSNO operator (backbone + TimeConv): M outputs, at the store's output times.
+    Operator,
+    /// The bare backbone at the last output time: one output, the sample.
+    Backbone,
+}
+
+enum Net {
+    Operator(Box<Operator>),
+    Backbone {
         backbone: Box<dyn Backbone>,
         /// The network time input of the last output time.
         t_in: f64,
     },
 }
 
+/// A one-step generator: noise x_T `[B, …]` → outputs `[B, M', …]` in one forward pass, the last
+/// of which is the sample (an operator: M' = M output times; a bare backbone: M' = 1), with the
+/// method that trained it.
+pub struct Generator {
+    method: Method,
+    net: Net,
+}
+
 impl Generator {
-    /// Creates the variables of a `method` generator under `p`: the backbone at `p` (named as
-    /// the teacher's, so a teacher checkpoint initialises it) and, for DSNO, the TimeConv
-    /// layers of [`Operator::new`].
+    /// Creates the variables of a generator of `architecture` under `p`: the backbone at `p`
+    /// (named as the teacher's, so a teacher checkpoint initialises it) and, for an operator,
+    /// the TimeConv layers of [`Operator::new`].
     pub fn new(
         p: &nn::Path,
         method: Method,
+        architecture: Architecture,
         cfg: &OperatorConfig,
         schedule: Schedule,
     ) -> Result<Self> {
-        Ok(match method {
-            Method::Dsno => Generator::Dsno(Box::new(Operator::new(p, cfg, schedule)?)),
-            Method::Kd => {
+        let net = match architecture {
+            Architecture::Operator => Net::Operator(Box::new(Operator::new(p, cfg, schedule)?)),
+            Architecture::Backbone => {
                 let t0 = *cfg
                     .times
                     .last()
                     .ok_or_else(|| Error::invalid("generator: no output times"))?;
-                Generator::Kd {
+                Net::Backbone {
                     backbone: cfg.backbone.build(p)?,
                     t_in: schedule.t_input(t0),
                 }
             }
-        })
+        };
+        Ok(Generator { method, net })
     }
 
-    pub fn method(&self) -> Method {
-        match self {
-            Generator::Dsno(_) => Method::Dsno,
-            Generator::Kd { .. } => Method::Kd,
+    /// The method that trained it.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        match self.net {
+            Net::Operator(_) => Architecture::Operator,
+            Net::Backbone { .. } => Architecture::Backbone,
         }
     }
 
-    /// Outputs per sample (M for DSNO, 1 for KD).
+    /// Outputs per sample (M for an operator, 1 for a bare backbone).
     pub fn slots(&self) -> i64 {
-        match self {
-            Generator::Dsno(op) => op.slots(),
-            Generator::Kd { .. } => 1,
+        match &self.net {
+            Net::Operator(op) => op.slots(),
+            Net::Backbone { .. } => 1,
         }
     }
 
-    /// All outputs `[B, M', …]` of float noise `x_t` `[B, …]`.
-    pub fn forward(&self, x_t: &Tensor, train: bool) -> Tensor {
-        match self {
-            Generator::Dsno(op) => op.forward(x_t, train),
-            Generator::Kd { backbone, t_in } => {
-                let t = Tensor::full([x_t.size()[0]], *t_in, (Kind::Float, x_t.device()));
-                backbone.forward_t(x_t, &t, train).unsqueeze(1)
-            }
-        }
-    }
-
-    /// [`Generator::forward`] for class `labels` `[B]` (`None`: the null class); labels given
-    /// to an unconditional generator are an error.
-    pub fn forward_labels(
-        &self,
-        x_t: &Tensor,
-        labels: Option<&Tensor>,
-        train: bool,
-    ) -> Result<Tensor> {
-        match self {
-            Generator::Dsno(op) => op.forward_labels(x_t, labels, train),
-            Generator::Kd { backbone, t_in } => {
+    /// All outputs `[B, M', …]` of float noise `x_t` `[B, …]`, for class `labels` `[B]` of a
+    /// class-conditional generator (`None`: the null class); labels given to an unconditional
+    /// generator are an error.
+    pub fn forward(&self, x_t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        match &self.net {
+            Net::Operator(op) => op.forward(x_t, labels, train),
+            Net::Backbone { backbone, t_in } => {
                 let t = Tensor::full([x_t.size()[0]], *t_in, (Kind::Float, x_t.device()));
                 let y = labels.map(|y| y.to_device(x_t.device()));
-                Ok(backbone
-                    .forward_labels(x_t, &t, y.as_ref(), train)?
-                    .unsqueeze(1))
+                Ok(backbone.forward(x_t, &t, y.as_ref(), train)?.unsqueeze(1))
             }
         }
     }

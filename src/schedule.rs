@@ -43,30 +43,16 @@ pub enum Schedule {
     },
 }
 
-/// diffusers' `beta_schedule`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BetaSchedule {
-    /// β linear from `beta_start` to `beta_end` (DDPM).
-    Linear,
-    /// √β linear from √`beta_start` to √`beta_end` (latent diffusion).
-    ScaledLinear,
-    /// β_i = min(1 − ᾱ((i+1)/N)/ᾱ(i/N), 0.999) with ᾱ(s) = cos²((s + 0.008)/1.008 · π/2)
-    /// (improved DDPM); `beta_start`, `beta_end` unused.
-    SquaredcosCapV2,
-}
-
-impl BetaSchedule {
-    /// Parses diffusers' names: `linear`, `scaled_linear`, `squaredcos_cap_v2`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "linear" => Ok(BetaSchedule::Linear),
-            "scaled_linear" => Ok(BetaSchedule::ScaledLinear),
-            "squaredcos_cap_v2" => Ok(BetaSchedule::SquaredcosCapV2),
-            _ => Err(Error::invalid(format!(
-                "beta_schedule {name:?} is not supported (linear, scaled_linear, squaredcos_cap_v2)"
-            ))),
-        }
+crate::util::names::named_enum! {
+    /// diffusers' `beta_schedule`.
+    pub enum BetaSchedule ("beta_schedule") {
+        /// β linear from `beta_start` to `beta_end` (DDPM).
+        Linear = "linear",
+        /// √β linear from √`beta_start` to √`beta_end` (latent diffusion).
+        ScaledLinear = "scaled_linear",
+        /// β_i = min(1 − ᾱ((i+1)/N)/ᾱ(i/N), 0.999) with ᾱ(s) = cos²((s + 0.008)/1.008 · π/2)
+        /// (improved DDPM); `beta_start`, `beta_end` unused.
+        SquaredcosCapV2 = "squaredcos_cap_v2",
     }
 }
 
@@ -286,17 +272,37 @@ impl Schedule {
         }
     }
 
-    /// `ln ᾱ` at the knots of a discrete schedule (empty for the others).
-    fn discrete_knots(&self) -> Vec<f64> {
-        match *self {
-            Schedule::Discrete {
-                betas,
-                beta_start,
-                beta_end,
-                steps,
-            } => discrete_log_alpha_bars(betas, beta_start, beta_end, steps as usize),
-            _ => vec![],
+    /// `ln ᾱ` at the knots of a discrete schedule (empty for the others), computed once per
+    /// schedule: the last few schedules' knots are kept (a solve asks for them at every step).
+    fn discrete_knots(&self) -> std::sync::Arc<Vec<f64>> {
+        use std::sync::{Arc, Mutex};
+        type Key = (BetaSchedule, u64, u64, u32);
+        static KEPT: Mutex<Vec<(Key, Arc<Vec<f64>>)>> = Mutex::new(Vec::new());
+        let Schedule::Discrete {
+            betas,
+            beta_start,
+            beta_end,
+            steps,
+        } = *self
+        else {
+            return Arc::new(vec![]);
+        };
+        let key = (betas, beta_start.to_bits(), beta_end.to_bits(), steps);
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, l)) = kept.iter().find(|(k, _)| *k == key) {
+            return l.clone();
         }
+        let l = Arc::new(discrete_log_alpha_bars(
+            betas,
+            beta_start,
+            beta_end,
+            steps as usize,
+        ));
+        if kept.len() >= 4 {
+            kept.remove(0);
+        }
+        kept.push((key, l.clone()));
+        l
     }
 
     /// `(ln ᾱ(t), d ln ᾱ/dt)` of a discrete schedule: linear between the knots t_k = k/N.

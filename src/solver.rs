@@ -19,7 +19,6 @@
 use crate::denoiser::Denoiser;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use tch::{Kind, Tensor};
 
@@ -31,56 +30,22 @@ pub fn check_steps(what: &str, steps: usize) -> Result<()> {
     crate::error::check_range(what, steps, 1, MAX_STEPS)
 }
 
-/// The ODE solvers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-#[serde(rename_all = "snake_case")]
-pub enum Solver {
-    /// DDIM (Song et al. 2021), first order: the exponential integrator for x-prediction.
-    Ddim,
-    /// Explicit Euler on the PF-ODE in the schedule's time, first order.
-    Euler,
-    /// Heun's method, EDM Algorithm 1 (Karras et al. 2022), second order; Euler for a final
-    /// step onto the data end (σ = 0 or t = 0).
-    Heun,
-    /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), second-order multistep in log-SNR.
-    #[serde(rename = "dpmpp2m")]
-    #[cfg_attr(feature = "cli", value(name = "dpmpp2m", alias = "dpm-solver++"))]
-    DpmSolver2M,
+crate::util::names::named_enum! {
+    /// The ODE solvers.
+    pub enum Solver ("solver") {
+        /// DDIM (Song et al. 2021), first order: the exponential integrator for x-prediction.
+        Ddim = "ddim",
+        /// Explicit Euler on the PF-ODE in the schedule's time, first order.
+        Euler = "euler",
+        /// Heun's method, EDM Algorithm 1 (Karras et al. 2022), second order; Euler for a final
+        /// step onto the data end (σ = 0 or t = 0).
+        Heun = "heun",
+        /// DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), second-order multistep in log-SNR.
+        DpmSolver2M = "dpmpp2m" | "dpm-solver++" | "dpmsolver++" | "dpm++2m",
+    }
 }
 
 impl Solver {
-    /// All solvers.
-    pub const ALL: [Solver; 4] = [
-        Solver::Ddim,
-        Solver::Euler,
-        Solver::Heun,
-        Solver::DpmSolver2M,
-    ];
-
-    /// Parses `ddim`, `euler`, `heun`, `dpmpp2m`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "ddim" => Ok(Solver::Ddim),
-            "euler" => Ok(Solver::Euler),
-            "heun" => Ok(Solver::Heun),
-            "dpmpp2m" | "dpm-solver++" | "dpmsolver++" | "dpm++2m" => Ok(Solver::DpmSolver2M),
-            _ => Err(Error::invalid(format!(
-                "unknown solver `{name}`: expected ddim, euler, heun or dpmpp2m"
-            ))),
-        }
-    }
-
-    /// The short name used on the command line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Solver::Ddim => "ddim",
-            Solver::Euler => "euler",
-            Solver::Heun => "heun",
-            Solver::DpmSolver2M => "dpmpp2m",
-        }
-    }
-
     /// The name in reports: `DDIM`, `Euler`, `Heun`, `DPM-Solver++(2M)`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -120,45 +85,22 @@ impl Solver {
     }
 }
 
-/// Step-grid spacings from `t_max` to the schedule's smallest finite time
-/// ([`Schedule::t_min_finite`]), for choosing a solver's grid by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Grid {
-    /// The solver's recommended grid ([`Solver::default_grid`]).
-    Default,
-    /// Uniform in t (in σ for EDM).
-    Uniform,
-    /// Quadratic in t, dense at the data end (DPM-Solver's "time_quadratic").
-    Quadratic,
-    /// Uniform in log-SNR λ (DPM-Solver's "logSNR").
-    #[cfg_attr(feature = "cli", value(name = "logsnr"))]
-    LogSnr,
+crate::util::names::named_enum! {
+    /// Step-grid spacings from `t_max` to the schedule's smallest finite time
+    /// ([`Schedule::t_min_finite`]), for choosing a solver's grid by hand.
+    pub enum Grid ("step grid") {
+        /// The solver's recommended grid ([`Solver::default_grid`]).
+        Default = "default",
+        /// Uniform in t (in σ for EDM).
+        Uniform = "uniform",
+        /// Quadratic in t, dense at the data end (DPM-Solver's "time_quadratic").
+        Quadratic = "quadratic",
+        /// Uniform in log-SNR λ (DPM-Solver's "logSNR").
+        LogSnr = "logsnr" | "lambda",
+    }
 }
 
 impl Grid {
-    /// Parses `default`, `uniform`, `quadratic`, `logsnr`.
-    pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "default" => Ok(Grid::Default),
-            "uniform" => Ok(Grid::Uniform),
-            "quadratic" => Ok(Grid::Quadratic),
-            "logsnr" | "lambda" => Ok(Grid::LogSnr),
-            _ => Err(Error::invalid(format!(
-                "unknown grid `{name}`: expected default, uniform, quadratic or logsnr"
-            ))),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Grid::Default => "default",
-            Grid::Uniform => "uniform",
-            Grid::Quadratic => "quadratic",
-            Grid::LogSnr => "logsnr",
-        }
-    }
-
     /// The `n`-step grid of `solver` on `schedule` with this spacing.
     pub fn make(&self, solver: Solver, schedule: &Schedule, n: usize) -> Vec<f64> {
         let (t0, t1) = (schedule.t_range().1, schedule.t_min_finite());
@@ -251,7 +193,7 @@ struct Counting<'a> {
 impl Counting<'_> {
     fn d(&self, z: &Tensor, t: f64) -> Result<Tensor> {
         self.calls.set(self.calls.get() + self.inner.evaluations());
-        self.inner.denoise(z, t)
+        self.inner.denoise(z, t, None)
     }
 }
 

@@ -3,9 +3,7 @@
 //! each class's exact probability-flow map; guidance with w = 1 is the conditional denoiser and
 //! w = 0 the unconditional one, exactly; guidance costs two evaluations per step and makes the
 //! class more certain; bad labels and scales are errors.
-use dsno::denoiser::{
-    ConditionalDenoiser, Conditioned, Denoiser, GaussianDenoiser, Guided, MixtureDenoiser,
-};
+use dsno::denoiser::{Conditioned, Denoiser, GaussianDenoiser, Guidance, Guided, MixtureDenoiser};
 use dsno::schedule::Schedule;
 use dsno::solver::{Grid, Solver};
 use tch::{Device, Kind, Tensor};
@@ -77,17 +75,17 @@ fn guidance_one_is_conditional_and_zero_is_unconditional_exactly() {
     let y = labels();
     let z = noise(y.size()[0]) * 0.7;
     for t in [0.9, 0.5, 0.1] {
-        let cond = m.denoise_labels(&z, t, Some(&y)).unwrap();
-        let uncond = m.denoise(&z, t).unwrap();
-        let g1 = Guided::new(&m, y.shallow_clone(), 1.0).unwrap();
-        let g0 = Guided::new(&m, y.shallow_clone(), 0.0).unwrap();
-        assert!(g1.denoise(&z, t).unwrap().equal(&cond));
-        assert!(g0.denoise(&z, t).unwrap().equal(&uncond));
+        let cond = m.denoise(&z, t, Some(&y)).unwrap();
+        let uncond = m.denoise(&z, t, None).unwrap();
+        let g1 = Guided::new(&m, y.shallow_clone(), Guidance::new(1.0).unwrap());
+        let g0 = Guided::new(&m, y.shallow_clone(), Guidance::new(0.0).unwrap());
+        assert!(g1.denoise(&z, t, None).unwrap().equal(&cond));
+        assert!(g0.denoise(&z, t, None).unwrap().equal(&uncond));
         // w = 2: x̂(∅) + 2 (x̂(y) − x̂(∅)), to rounding
-        let g2 = Guided::new(&m, y.shallow_clone(), 2.0).unwrap();
+        let g2 = Guided::new(&m, y.shallow_clone(), Guidance::new(2.0).unwrap());
         let want = &uncond + (&cond - &uncond) * 2.0;
         assert!(
-            (g2.denoise(&z, t).unwrap() - want)
+            (g2.denoise(&z, t, None).unwrap() - want)
                 .abs()
                 .max()
                 .double_value(&[])
@@ -95,7 +93,7 @@ fn guidance_one_is_conditional_and_zero_is_unconditional_exactly() {
         );
     }
     // The conditional and unconditional denoisers differ where the classes overlap.
-    let gap = (m.denoise_labels(&z, 0.9, Some(&y)).unwrap() - m.denoise(&z, 0.9).unwrap())
+    let gap = (m.denoise(&z, 0.9, Some(&y)).unwrap() - m.denoise(&z, 0.9, None).unwrap())
         .abs()
         .max()
         .double_value(&[]);
@@ -110,7 +108,7 @@ fn guided_steps_cost_two_evaluations_and_sharpen_the_classes() {
     let grid = Grid::Default.make(Solver::DpmSolver2M, &m.schedule, 20);
     let mut log_post = vec![];
     for w in [1.0, 3.0] {
-        let g = Guided::new(&m, y.shallow_clone(), w).unwrap();
+        let g = Guided::new(&m, y.shallow_clone(), Guidance::new(w).unwrap());
         let tr = Solver::DpmSolver2M
             .solve(&g, &m.schedule, &z, &grid, &[])
             .unwrap();
@@ -137,19 +135,16 @@ fn bad_labels_and_scales_are_errors() {
     let z = noise(2);
     for bad in [[0i64, 8], [-1, 0]] {
         let y = Tensor::from_slice(&bad);
-        let e = m.denoise_labels(&z, 0.5, Some(&y)).unwrap_err().to_string();
+        let e = m.denoise(&z, 0.5, Some(&y)).unwrap_err().to_string();
         assert!(e.contains("outside the 8 classes"), "{e}");
     }
     let e = m
-        .denoise_labels(&z, 0.5, Some(&Tensor::from_slice(&[0i64])))
+        .denoise(&z, 0.5, Some(&Tensor::from_slice(&[0i64])))
         .unwrap_err()
         .to_string();
     assert!(e.contains("batch of 2"), "{e}");
     for w in [-0.5, f64::NAN, f64::INFINITY] {
-        let e = Guided::new(&m, Tensor::from_slice(&[0i64, 1]), w)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = dsno::denoiser::Guidance::new(w).err().unwrap().to_string();
         assert!(e.contains("guidance scale"), "{e}");
     }
 }
@@ -159,7 +154,6 @@ fn bad_labels_and_scales_are_errors() {
 /// label and the null class.
 #[test]
 fn a_zero_initialised_class_embedding_changes_nothing() {
-    use dsno::denoiser::ConditionalDenoiser;
     use dsno::nn::ModelConfig;
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-teacher.safetensors");
@@ -185,24 +179,18 @@ fn a_zero_initialised_class_embedding_changes_nothing() {
     let z = Tensor::randn([11, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::arange(11, (Kind::Int64, Device::Cpu)); // 0..9 and the null class 10
     for t in [0.8, 0.3] {
-        let want = base.denoise(&z, t).unwrap();
+        let want = base.denoise(&z, t, None).unwrap();
         assert!(
-            cond.denoise_labels(&z, t, Some(&y)).unwrap().equal(&want),
+            cond.denoise(&z, t, Some(&y)).unwrap().equal(&want),
             "t = {t}"
         );
-        assert!(cond.denoise(&z, t).unwrap().equal(&want));
+        assert!(cond.denoise(&z, t, None).unwrap().equal(&want));
     }
     // Labels: refused by the unconditional teacher, range-checked by the conditional one.
-    let e1 = base
-        .denoise_labels(&z, 0.5, Some(&y))
-        .unwrap_err()
-        .to_string();
+    let e1 = base.denoise(&z, 0.5, Some(&y)).unwrap_err().to_string();
     assert!(e1.contains("not class-conditional"), "{e1}");
     let bad = Tensor::full([11], 11, (Kind::Int64, Device::Cpu));
-    let e2 = cond
-        .denoise_labels(&z, 0.5, Some(&bad))
-        .unwrap_err()
-        .to_string();
+    let e2 = cond.denoise(&z, 0.5, Some(&bad)).unwrap_err().to_string();
     assert!(e2.contains("outside the 10 classes"), "{e2}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -436,7 +424,7 @@ fn a_both_teacher_trains_and_denoises() {
     let t = dsno::model::Teacher::load(&dir.join("model.safetensors"), Device::Cpu).unwrap();
     assert_eq!(t.meta.prediction, Prediction::Both);
     let z = Tensor::randn([2, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let x = t.denoise(&z, 0.5).unwrap();
+    let x = t.denoise(&z, 0.5, None).unwrap();
     assert_eq!(x.size(), [2, 1, 28, 28]);
     let _ = std::fs::remove_dir_all(&dir);
 }

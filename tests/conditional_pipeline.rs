@@ -74,10 +74,7 @@ fn shard_bytes(dir: &Path, shards: usize) -> Vec<Vec<u8>> {
 fn distill_config(method: Method, steps: u64, lr: f64) -> DistillConfig {
     let text = format!(
         "method = \"{}\"\nvalidation = 2\n[train]\nsteps = {steps}\nbatch_size = 4\nlr = {lr}\nwarmup = 1\nema_decay = 0.5\ncheckpoint_every = 100\nlog_every = 1\nseed = 0\n",
-        match method {
-            Method::Dsno => "dsno",
-            Method::Kd => "kd",
-        }
+        method.name()
     );
     DistillConfig::from_toml(&text, Path::new("test.toml")).unwrap()
 }
@@ -97,7 +94,7 @@ fn labels_survive_the_store_byte_for_byte() {
     let m = Manifest::load(&store).unwrap();
     assert_eq!(
         (m.num_classes, m.class, m.guidance),
-        (Some(3), None, Some(1.0))
+        (Some(3), None, Some(dsno::denoiser::Guidance::CONDITIONAL))
     );
     let loaded = load_store(&store).unwrap();
     let y = loaded.labels.expect("a labelled store");
@@ -136,13 +133,16 @@ fn labels_survive_the_store_byte_for_byte() {
     let fixed = dir.join("fixed");
     let o = GenerateOptions {
         class: Some(2),
-        guidance: Some(2.0),
+        guidance: Some(dsno::denoiser::Guidance::new(2.0).unwrap()),
         ..options(5)
     };
     let s = generate(&teacher, &path, &fixed, &o).unwrap();
     assert_eq!(s.nfe_per_sample, 8);
     let m2 = Manifest::load(&fixed).unwrap();
-    assert_eq!((m2.class, m2.guidance), (Some(2), Some(2.0)));
+    assert_eq!(
+        (m2.class, m2.guidance),
+        (Some(2), Some(dsno::denoiser::Guidance::new(2.0).unwrap()))
+    );
     let y2 = load_store(&fixed).unwrap().labels.unwrap();
     assert!(y2.equal(&Tensor::full([5], 2, (Kind::Int64, Device::Cpu))));
     // the guided targets differ from the unguided ones of the same noise and class
@@ -161,28 +161,18 @@ fn labels_survive_the_store_byte_for_byte() {
     assert!(a.x_t.equal(&b.x_t));
     assert!((a.targets - b.targets).abs().max().double_value(&[]) > 1e-6);
 
-    // bad input: a class out of range, a negative scale, labels for an unconditional teacher
-    for (o, want) in [
-        (
-            GenerateOptions {
-                class: Some(3),
-                ..options(4)
-            },
-            "class",
-        ),
-        (
-            GenerateOptions {
-                guidance: Some(-1.0),
-                ..options(4)
-            },
-            "guidance",
-        ),
-    ] {
-        let out = dir.join("bad");
-        let e = generate(&teacher, &path, &out, &o).unwrap_err().to_string();
-        assert!(e.contains(want), "{e}");
-        assert!(!out.exists(), "nothing left behind");
-    }
+    // bad input: a class out of range, labels for an unconditional teacher (a negative scale
+    // cannot be made: `Guidance::new` refuses it)
+    let e = dsno::denoiser::Guidance::new(-1.0).unwrap_err().to_string();
+    assert!(e.contains("guidance"), "{e}");
+    let o = GenerateOptions {
+        class: Some(3),
+        ..options(4)
+    };
+    let out = dir.join("bad");
+    let e = generate(&teacher, &path, &out, &o).unwrap_err().to_string();
+    assert!(e.contains("class"), "{e}");
+    assert!(!out.exists(), "nothing left behind");
     let plain_teacher = Teacher::load(&uncond_path, Device::Cpu).unwrap();
     let e = generate(
         &plain_teacher,
@@ -210,9 +200,9 @@ fn conditional_distillation_uses_the_stored_labels() {
     let (uncond_path, path) = teachers(&dir);
     let teacher = Teacher::load(&path, Device::Cpu).unwrap();
     generate(&teacher, &path, &dir.join("store"), &options(10)).unwrap();
-    for method in [Method::Dsno, Method::Kd] {
+    for method in [Method::DSNO, Method::KD] {
         let out = dir.join(format!("{method}"));
-        let cfg = distill_config(method, 3, 1e-3);
+        let cfg = distill_config(method.clone(), 3, 1e-3);
         let s = distill(
             &cfg,
             &path,
@@ -227,10 +217,10 @@ fn conditional_distillation_uses_the_stored_labels() {
         tch::manual_seed(2);
         let x = Tensor::randn([3, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[2i64, 0, 1]);
-        let batch = m.trajectory_labels(&x, Some(&y)).unwrap();
+        let batch = m.trajectory(&x, Some(&y)).unwrap();
         for i in 0..3 {
             let alone = m
-                .trajectory_labels(&x.narrow(0, i, 1), Some(&y.narrow(0, i, 1)))
+                .trajectory(&x.narrow(0, i, 1), Some(&y.narrow(0, i, 1)))
                 .unwrap();
             let d = (batch.narrow(0, i, 1) - alone)
                 .abs()
@@ -242,14 +232,14 @@ fn conditional_distillation_uses_the_stored_labels() {
             );
         }
         let other = m
-            .trajectory_labels(&x, Some(&Tensor::from_slice(&[0i64, 1, 2])))
+            .trajectory(&x, Some(&Tensor::from_slice(&[0i64, 1, 2])))
             .unwrap();
         assert!(
             (other - &batch).abs().max().double_value(&[]) > 1e-6,
             "{method}: the label matters"
         );
         let e = m
-            .trajectory_labels(&x, Some(&Tensor::from_slice(&[0i64, 1, 4])))
+            .trajectory(&x, Some(&Tensor::from_slice(&[0i64, 1, 4])))
             .unwrap_err()
             .to_string();
         assert!(e.contains("outside the 3 classes"), "{e}");
@@ -258,7 +248,7 @@ fn conditional_distillation_uses_the_stored_labels() {
     // init: an unconditional DSNO of the unconditional teacher starts the conditional one
     let uteacher = Teacher::load(&uncond_path, Device::Cpu).unwrap();
     generate(&uteacher, &uncond_path, &dir.join("ustore"), &options(6)).unwrap();
-    let cfg = distill_config(Method::Dsno, 2, 1e-3);
+    let cfg = distill_config(Method::DSNO, 2, 1e-3);
     let udsno = dir.join("udsno");
     distill(
         &cfg,
@@ -269,7 +259,7 @@ fn conditional_distillation_uses_the_stored_labels() {
     )
     .unwrap();
     let init = udsno.join("model.safetensors");
-    let tiny_lr = distill_config(Method::Dsno, 1, 1e-12);
+    let tiny_lr = distill_config(Method::DSNO, 1, 1e-12);
     let out = dir.join("from-init");
     distill(
         &tiny_lr,
@@ -373,7 +363,7 @@ fn conditional_evaluation_scores_each_class() {
     let teacher = Teacher::load(&path, Device::Cpu).unwrap();
     generate(&teacher, &path, &dir.join("store"), &options(8)).unwrap();
     distill(
-        &distill_config(Method::Dsno, 1, 1e-3),
+        &distill_config(Method::DSNO, 1, 1e-3),
         &path,
         &dir.join("store"),
         None,
@@ -391,8 +381,11 @@ fn conditional_evaluation_scores_each_class() {
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: "teacher".into(),
-        dsno: Some((&dsno_m, "dsno".into())),
-        kd: None,
+        students: vec![dsno::eval::Student {
+            model: &dsno_m,
+            name: "DSNO".into(),
+            file: "dsno".into(),
+        }],
         classifier: &cls.net,
         classifier_name: "classifier".into(),
         train_images: tri,
@@ -405,9 +398,8 @@ fn conditional_evaluation_scores_each_class() {
         count: 40,
         batch: 20,
         reference_steps: 3,
-        ddim_steps: vec![2],
-        dpm_steps: vec![],
-        guidance: 2.0,
+        baselines: dsno::eval::Baseline::parse("ddim@2").unwrap(),
+        guidance: dsno::denoiser::Guidance::new(2.0).unwrap(),
         progress: false,
         ..Default::default()
     };

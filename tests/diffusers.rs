@@ -5,7 +5,8 @@
 mod common;
 
 use dsno::denoiser::Denoiser;
-use dsno::model::{import_diffusers, ImportOptions, Teacher};
+use dsno::import::{import_diffusers, ImportOptions};
+use dsno::model::Teacher;
 use dsno::nn::diffusers::{legacy_name, DiffusersUNet, DiffusersUNetConfig};
 use dsno::nn::Backbone;
 use dsno::schedule::Schedule;
@@ -76,7 +77,7 @@ fn networks_match_diffusers_at_integer_and_fractional_timesteps() {
             .map(|(_, t)| t.shallow_clone());
         for which in ["int", "frac"] {
             let t = get(&f, &format!("{name}.t_{which}"));
-            let y = net.forward_labels(&x, &t, labels.as_ref()).unwrap();
+            let y = net.forward(&x, &t, labels.as_ref(), false).unwrap();
             let e = rel_named(
                 &format!("diffusers {name} network ({which} t)"),
                 &y,
@@ -90,7 +91,7 @@ fn networks_match_diffusers_at_integer_and_fractional_timesteps() {
 
 fn schedule_of(name: &str) -> Schedule {
     let path = fixtures().join(name).join("scheduler_config.json");
-    dsno::model::read_scheduler_config(&path).unwrap().0
+    dsno::import::read_scheduler_config(&path).unwrap().0
 }
 
 #[test]
@@ -172,9 +173,9 @@ fn an_imported_eps_teacher_denoises_through_its_prediction_type() {
     let s = teacher.schedule();
     let (a, sg) = s.alpha_sigma(t);
     let tau = Tensor::from_slice(&[s.t_input(t) as f32; 2]);
-    let eps = net.forward_labels(&z, &tau, None).unwrap();
+    let eps = net.forward(&z, &tau, None, false).unwrap();
     let want = (&z - eps * sg) / a;
-    assert!(rel(&teacher.denoise(&z, t).unwrap(), &want) < 1e-6);
+    assert!(rel(&teacher.denoise(&z, t, None).unwrap(), &want) < 1e-6);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -276,10 +277,10 @@ fn an_imported_teacher_runs_the_whole_pipeline() {
     let (_vs, op, ck) = zero_timeconv_operator(&teacher, &times);
     let _g = tch::no_grad_guard();
     let x_t = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
-    let all = op.forward(&x_t, false);
+    let all = op.forward(&x_t, None, false).unwrap();
     for (m, &t) in times.iter().enumerate() {
         let tau = Tensor::from_slice(&[ck.meta.schedule.t_input(t) as f32; 2]);
-        let want = op.backbone.forward_t(&x_t, &tau, false);
+        let want = op.backbone.forward(&x_t, &tau, None, false).unwrap();
         assert!(rel(&all.select(1, m as i64), &want) < 1e-5, "slot {m}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -437,7 +438,7 @@ fn the_backbone_hooks_every_non_resampling_block() {
     );
     let mut seen = vec![];
     let x = Tensor::zeros([1, 3, 8, 8], (Kind::Float, Device::Cpu));
-    let emb = net.embed(&Tensor::from_slice(&[3.0f32]));
+    let emb = net.time_embedding(&Tensor::from_slice(&[3.0f32]));
     let _ = net.body(net.stem(&x), &emb, false, &mut |i, h| {
         seen.push((i, h.size()[1]));
         h
@@ -533,17 +534,14 @@ fn an_imported_conditional_teacher_distils_with_labels() {
     let _g = tch::no_grad_guard();
     let x_t = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
     let y = Tensor::from_slice(&[4i64, 0, 9]);
-    let all = op.forward_labels(&x_t, Some(&y), false).unwrap();
+    let all = op.forward(&x_t, Some(&y), false).unwrap();
     for (m, &t) in times.iter().enumerate() {
         let tau = Tensor::from_slice(&[ck.meta.schedule.t_input(t) as f32; 3]);
-        let want = op
-            .backbone
-            .forward_labels(&x_t, &tau, Some(&y), false)
-            .unwrap();
+        let want = op.backbone.forward(&x_t, &tau, Some(&y), false).unwrap();
         assert!(rel(&all.select(1, m as i64), &want) < 1e-5, "slot {m}");
     }
     let e = op
-        .forward_labels(&x_t, Some(&Tensor::from_slice(&[10i64, 0, 1])), false)
+        .forward(&x_t, Some(&Tensor::from_slice(&[10i64, 0, 1])), false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("outside the 10 classes"), "{e}");

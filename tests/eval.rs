@@ -5,7 +5,7 @@
 mod common;
 
 use dsno::data::{idx, to_unit_range};
-use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, Report};
+use dsno::eval::{evaluate, write_report, Baseline, EvalInputs, EvalOptions, Report, Student};
 use dsno::model::{OneStep, Teacher};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -33,8 +33,18 @@ fn eval_scores_every_method_from_the_same_noise() {
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: "teacher".into(),
-        dsno: Some((&dsno, "dsno".into())),
-        kd: Some((&kd, "kd".into())),
+        students: vec![
+            Student {
+                model: &kd,
+                name: "KD".into(),
+                file: "kd".into(),
+            },
+            Student {
+                model: &dsno,
+                name: "DSNO".into(),
+                file: "dsno".into(),
+            },
+        ],
         classifier: &cls.net,
         classifier_name: "classifier".into(),
         train_images: images(&data("mnist"), idx::Split::Train, 2000),
@@ -47,14 +57,19 @@ fn eval_scores_every_method_from_the_same_noise() {
         count: 48,
         batch: 20,
         reference_steps: 8,
-        ddim_steps: vec![1, 8],
-        dpm_steps: vec![8],
+        // DPM-Solver++ on the reference's own grid
+        baselines: [
+            Baseline::parse("ddim@1,8"),
+            Baseline::parse("dpmpp2m:default@8"),
+        ]
+        .into_iter()
+        .flat_map(|b| b.unwrap())
+        .collect(),
         scores: dsno::eval::ScoreOptions {
             kid_subsets: 10,
             kid_subset_size: 40,
             knn: 3,
         },
-        dpm_grid: dsno::solver::Grid::Default, // the reference's own grid
         progress: false,
         ..Default::default()
     };
@@ -148,7 +163,7 @@ fn bundled_classifiers_meet_their_accuracy_and_label_one_step_samples() {
     let x_t = dsno::rng::noise(7, 0..256, &[1, 28, 28], Kind::Float, Device::Cpu) * sigma;
     let samples = Tensor::cat(
         &(0..4)
-            .map(|i| model.sample(&x_t.narrow(0, 64 * i, 64)))
+            .map(|i| model.sample(&x_t.narrow(0, 64 * i, 64), None).unwrap())
             .collect::<Vec<_>>(),
         0,
     );

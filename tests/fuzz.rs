@@ -11,7 +11,7 @@
 //!   shards of a real (tiny) trajectory store made by [`generate`];
 //! - `config`: [`TeacherConfig::from_toml`] and [`DistillConfig::from_toml`] on mutated
 //!   `configs/*.toml`; an accepted teacher config's model is built (unless it is huge);
-//! - `diffusers`: [`dsno::model::import_diffusers`] on the tiny UNet2DModel fixtures with
+//! - `diffusers`: [`dsno::import::import_diffusers`] on the tiny UNet2DModel fixtures with
 //!   mutated `config.json` and `scheduler_config.json`; an accepted import is run once;
 //! - `npz`: [`FidStats::read`] (the `.npz` FID statistics) on arbitrary bytes and on mutated
 //!   `.npz` files written by numpy (stored, compressed, Fortran order) and by dsno.
@@ -57,7 +57,7 @@ use dsno::model::{OneStep, Teacher};
 use dsno::nn::mlp::MlpConfig;
 use dsno::nn::unet::UNetConfig;
 use dsno::nn::ModelConfig;
-use dsno::operator::{Generator, Method, OperatorConfig};
+use dsno::operator::{Architecture, Generator, Method, OperatorConfig};
 use dsno::schedule::Schedule;
 use dsno::solver::Solver;
 use dsno::train::distill::DistillConfig;
@@ -1452,20 +1452,16 @@ fn tiny_mlp() -> MlpConfig {
 fn make_checkpoint(path: &Path, meta: CheckpointMeta, store: Option<Kind>) -> Vec<u8> {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    match meta.kind {
+    match meta.kind.clone() {
         ModelKind::Teacher => drop(meta.model.build(&vs.root()).unwrap()),
-        k => {
-            let method = if k == ModelKind::Dsno {
-                Method::Dsno
-            } else {
-                Method::Kd
-            };
+        ModelKind::Student(method) => {
             let cfg = OperatorConfig {
                 backbone: meta.model.clone(),
                 times: meta.times.clone().unwrap_or(vec![0.0]),
                 modes: meta.modes.unwrap_or(1),
             };
-            drop(Generator::new(&vs.root(), method, &cfg, meta.schedule).unwrap());
+            let arch = meta.architecture();
+            drop(Generator::new(&vs.root(), method, arch, &cfg, meta.schedule).unwrap());
         }
     }
     checkpoint::save(path, &meta, &checkpoint::named(&vs, ""), store).unwrap();
@@ -1498,14 +1494,14 @@ fn checkpoint_bases(work: &Path) -> Vec<Vec<u8>> {
     );
     teacher_mlp.train = Some(json!({"train": {"steps": 3, "lr": 1e-3}}));
     let mut dsno_mlp = meta(
-        ModelKind::Dsno,
+        ModelKind::Student(Method::DSNO),
         ModelConfig::Mlp(tiny_mlp()),
         Schedule::vp_linear(),
     );
     dsno_mlp.times = Some(vec![0.75, 0.25, 0.0]);
     dsno_mlp.modes = Some(2);
     let mut kd_unet = meta(
-        ModelKind::Kd,
+        ModelKind::Student(Method::KD),
         ModelConfig::Unet(tiny_unet()),
         Schedule::vp_cosine(),
     );
@@ -1516,7 +1512,7 @@ fn checkpoint_bases(work: &Path) -> Vec<Vec<u8>> {
         Schedule::edm(),
     );
     let mut dsno_unet = meta(
-        ModelKind::Dsno,
+        ModelKind::Student(Method::DSNO),
         ModelConfig::Unet(tiny_unet()),
         Schedule::vp_cosine(),
     );
@@ -1625,7 +1621,7 @@ fn run_model(ck: checkpoint::Checkpoint, path: &Path) -> Result<(), String> {
             return Ok(());
         }
         let z = Tensor::randn(dims.as_slice(), (Kind::Float, Device::Cpu));
-        match guarded("Teacher::denoise", || t.denoise(&z, 0.5))? {
+        match guarded("Teacher::denoise", || t.denoise(&z, 0.5, None))? {
             Err(e) if e.to_string().trim().is_empty() => {
                 return Err("bad error: Teacher::denoise returned an empty message".into())
             }
@@ -1645,7 +1641,8 @@ fn run_model(ck: checkpoint::Checkpoint, path: &Path) -> Result<(), String> {
             return Ok(());
         }
         let x = Tensor::randn(dims.as_slice(), (Kind::Float, Device::Cpu));
-        guarded("OneStep::sample", || g.sample(&x))?
+        guarded("OneStep::sample", || g.sample(&x, None))?
+            .map_err(|e| format!("an accepted checkpoint does not run: {e}"))?
     };
     if out.size() != dims {
         return Err(format!(
@@ -1659,12 +1656,12 @@ fn run_model(ck: checkpoint::Checkpoint, path: &Path) -> Result<(), String> {
         return Ok(());
     }
     if !all_finite(&out) {
-        let t_in: Vec<f64> = match meta.kind {
-            ModelKind::Teacher => vec![meta.schedule.t_input(0.5)],
-            ModelKind::Kd => vec![meta
+        let t_in: Vec<f64> = match (&meta.kind, meta.architecture()) {
+            (ModelKind::Teacher, _) => vec![meta.schedule.t_input(0.5)],
+            (_, Architecture::Backbone) => vec![meta
                 .schedule
                 .t_input(*meta.times.as_ref().and_then(|t| t.last()).unwrap_or(&0.0))],
-            ModelKind::Dsno => meta
+            (_, Architecture::Operator) => meta
                 .times
                 .iter()
                 .flatten()
@@ -2439,9 +2436,9 @@ fn diffusers_target(work: &Path) -> Target {
         };
         let path = dir.join(file);
         std::fs::write(&path, text).unwrap();
-        let o = dsno::model::ImportOptions::default();
+        let o = dsno::import::ImportOptions::default();
         match guarded("import_diffusers", || {
-            dsno::model::import_diffusers(&dir, &o)
+            dsno::import::import_diffusers(&dir, &o)
         })? {
             Err(e) => {
                 let s = e.to_string();
@@ -2466,7 +2463,8 @@ fn diffusers_target(work: &Path) -> Target {
                 }
                 let x = Tensor::zeros(shape.as_slice(), (Kind::Float, Device::Cpu));
                 let t = Tensor::from_slice(&[ck.meta.schedule.t_input(0.5) as f32]);
-                let y = guarded("forward", || net.forward_t(&x, &t, false))?;
+                let y = guarded("forward", || net.forward(&x, &t, None, false))?
+                    .map_err(|e| format!("an accepted import does not run: {e}"))?;
                 if !all_finite(&y) {
                     return Err("garbage: an accepted import gives non-finite outputs".into());
                 }

@@ -386,8 +386,11 @@ fn eval_reports_an_inception_fid_column() {
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: "teacher".into(),
-        dsno: Some((&dsno_m, "dsno".into())),
-        kd: None,
+        students: vec![dsno::eval::Student {
+            model: &dsno_m,
+            name: "DSNO".into(),
+            file: "dsno".into(),
+        }],
         classifier: &cls.net,
         classifier_name: "classifier".into(),
         train_images: train,
@@ -405,8 +408,7 @@ fn eval_reports_an_inception_fid_column() {
         count: 24,
         batch: 24,
         reference_steps: 10,
-        ddim_steps: vec![1],
-        dpm_steps: vec![],
+        baselines: dsno::eval::Baseline::parse("ddim@1").unwrap(),
         scores: dsno::eval::ScoreOptions {
             kid_subsets: 5,
             kid_subset_size: 20,

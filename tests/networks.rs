@@ -36,7 +36,9 @@ fn unet_output_shapes_and_counted_parameters() {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = ModelConfig::Unet(cfg.clone()).build(&vs.root()).unwrap();
         let x = Tensor::randn([3, ch, size, size], (Kind::Float, Device::Cpu));
-        let y = net.forward_t(&x, &Tensor::from_slice(&[0.1f32, 0.5, 0.9]), false);
+        let y = net
+            .forward(&x, &Tensor::from_slice(&[0.1f32, 0.5, 0.9]), None, false)
+            .unwrap();
         assert_eq!(y.size(), vec![3, ch, size, size]);
         assert_eq!(count(&vs), cfg.num_params(), "{size}×{size}×{ch}");
     }
@@ -71,11 +73,14 @@ fn mlp_shapes_and_parameters() {
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let net = ModelConfig::Mlp(cfg.clone()).build(&vs.root()).unwrap();
-    let y = net.forward_t(
-        &Tensor::randn([5, 2], (Kind::Float, Device::Cpu)),
-        &Tensor::full([5], 0.3, (Kind::Float, Device::Cpu)),
-        false,
-    );
+    let y = net
+        .forward(
+            &Tensor::randn([5, 2], (Kind::Float, Device::Cpu)),
+            &Tensor::full([5], 0.3, (Kind::Float, Device::Cpu)),
+            None,
+            false,
+        )
+        .unwrap();
     assert_eq!(y.size(), vec![5, 2]);
     assert_eq!(count(&vs), cfg.num_params());
 }
@@ -110,11 +115,11 @@ fn operator_reduces_to_teacher(model: ModelConfig, shape: &[i64]) {
     let mut full = vec![2i64];
     full.extend_from_slice(shape);
     let x = Tensor::randn(full.as_slice(), (Kind::Float, Device::Cpu));
-    let out = op.forward(&x, false);
+    let out = op.forward(&x, None, false).unwrap();
     assert_eq!(out.size()[..2], [2, 4]);
     for (m, &t) in times.iter().enumerate() {
         let t_in = Tensor::full([2], schedule.t_input(t), (Kind::Float, Device::Cpu));
-        let want = op.backbone.forward_t(&x, &t_in, false);
+        let want = op.backbone.forward(&x, &t_in, None, false).unwrap();
         let got = out.select(1, m as i64);
         let err = (&got - &want).abs().max().double_value(&[]);
         assert!(err < 1e-5, "slot {m}: max difference {err}");
@@ -130,7 +135,7 @@ fn operator_reduces_to_teacher(model: ModelConfig, shape: &[i64]) {
             }
         }
     });
-    let mixed = op.forward(&x, false);
+    let mixed = op.forward(&x, None, false).unwrap();
     let d = (mixed - out).abs().max().double_value(&[]);
     assert!(d > 1e-4, "TimeConv active changed the output by only {d}");
 }

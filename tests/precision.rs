@@ -147,7 +147,7 @@ fn the_operator_under_bf16_matches_float32_to_bfloat16_precision() {
         });
         let y = {
             let _amp = p.autocast(Device::Cpu);
-            g.net.forward(&x, false)
+            g.net.forward(&x, None, false).unwrap()
         };
         (&y - &target).square().mean(Kind::Float).backward();
         let mut names: Vec<_> = g.vs.variables().into_iter().collect();
@@ -289,7 +289,7 @@ fn validation_runs_in_float32_under_bf16() {
     };
     train.warmup = 0;
     let cfg = DistillConfig {
-        method: dsno::operator::Method::Dsno,
+        method: dsno::operator::Method::DSNO,
         loss: Regression::L2,
         modes: 2,
         dropout: Some(0.0),

@@ -221,10 +221,10 @@ fn distillation_resume_gives_identical_weights() {
     let mut dcfg = toy_distill_config(0.1);
     dcfg.train.checkpoint_every = 6;
     dcfg.train.log_every = 3;
-    for method in [Method::Dsno, Method::Kd] {
-        dcfg.method = method;
+    for method in [Method::DSNO, Method::KD] {
+        dcfg.method = method.clone();
         dcfg.train.steps = 12;
-        let a = dir.join(format!("{method:?}-a"));
+        let a = dir.join(format!("{method}-a"));
         distill(
             &dcfg,
             &tpath,
@@ -233,7 +233,7 @@ fn distillation_resume_gives_identical_weights() {
             &common::run(&a, false),
         )
         .unwrap();
-        let b = dir.join(format!("{method:?}-b"));
+        let b = dir.join(format!("{method}-b"));
         dcfg.train.steps = 6;
         distill(
             &dcfg,
@@ -260,7 +260,7 @@ fn distillation_resume_gives_identical_weights() {
         for (name, t) in &ca.tensors {
             assert!(
                 t.equal(&cb.tensors[name]),
-                "{method:?}: {name} differs after resume"
+                "{method}: {name} differs after resume"
             );
         }
         common::assert_same_run_files(&a, &b);
@@ -345,12 +345,12 @@ fn streaming_distillation_equals_the_in_memory_path_under_a_memory_cap() {
     dcfg.train.steps = 20;
     dcfg.train.checkpoint_every = 10;
     dcfg.shuffle_shards = 2;
-    for method in [Method::Dsno, Method::Kd] {
-        dcfg.method = method;
+    for method in [Method::DSNO, Method::KD] {
+        dcfg.method = method.clone();
         let mut out = vec![];
         for stream in [false, true] {
             dcfg.stream = stream;
-            let d = dir.join(format!("{method:?}-{stream}"));
+            let d = dir.join(format!("{method}-{stream}"));
             distill(&dcfg, &tpath, &store, None, &common::run(&d, false)).unwrap();
             out.push(d.join("model.safetensors"));
         }
@@ -361,7 +361,7 @@ fn streaming_distillation_equals_the_in_memory_path_under_a_memory_cap() {
         );
         assert_eq!(a.tensors.len(), b.tensors.len());
         for (name, t) in &a.tensors {
-            assert!(t.equal(&b.tensors[name]), "{method:?}: `{name}` differs");
+            assert!(t.equal(&b.tensors[name]), "{method}: `{name}` differs");
         }
     }
     dcfg.shuffle_shards = 0;

@@ -56,7 +56,7 @@ fn toy_teacher_learns_the_distribution() {
         sw_samples * 3.5 <= sw_noise,
         "noise {sw_noise}, samples {sw_samples}"
     );
-    let _ = teacher.denoise(&x_t, 0.5).unwrap();
+    let _ = teacher.denoise(&x_t, 0.5, None).unwrap();
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -294,7 +294,10 @@ fn peek_reads_the_checkpoint_header_alone() {
     let cut = dir.join("cut.safetensors");
     std::fs::write(&cut, &bytes[..8 + n + 16]).unwrap();
     let meta = dsno::model::peek(&cut).unwrap();
-    assert_eq!(meta.kind, checkpoint::ModelKind::Kd);
+    assert_eq!(
+        meta.kind,
+        checkpoint::ModelKind::Student(dsno::operator::Method::KD)
+    );
     assert_eq!(meta.dataset, "mnist");
     let e = checkpoint::load(&cut).unwrap_err().to_string();
     assert!(e.contains("cut.safetensors"), "{e}");
@@ -371,4 +374,33 @@ fn a_training_checkpoint_rewrites_its_model_file_byte_for_byte() {
     );
     assert!(!dir.join("again.safetensors").exists());
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// Every registered distillation method has a valid name of its own, and a config naming an
+/// unknown one is refused with the known ones listed.
+#[test]
+fn registered_methods_have_valid_unique_names() {
+    use dsno::operator::Method;
+    use dsno::train::objective::{names, METHODS};
+    let mut seen = std::collections::BTreeSet::new();
+    for s in METHODS {
+        assert_eq!(Method::new(s.method.name()).unwrap(), s.method);
+        assert!(
+            seen.insert(s.method.name()),
+            "{} registered twice",
+            s.method
+        );
+        assert!(!s.summary.is_empty());
+    }
+    assert_eq!(names(), ["dsno", "kd"]);
+    let e = dsno::train::distill::DistillConfig::from_toml(
+        "method = \"nope\"\n",
+        std::path::Path::new("c.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nope") && e.contains("dsno, kd"), "{e}");
+    for bad in ["", "DSNO", "teacher", "a b", "9x"] {
+        assert!(Method::new(bad).is_err(), "{bad:?}");
+    }
 }

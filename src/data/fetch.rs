@@ -628,12 +628,9 @@ pub const INCEPTION: WheelFile = WheelFile {
     size: 87_335_461,
 };
 
-/// SHA-256 (lower-case hex) of a file's bytes, streamed.
-pub fn file_sha256(path: &Path) -> std::result::Result<String, String> {
-    let mut f = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut f, &mut hasher).map_err(|e| format!("cannot read: {e}"))?;
-    Ok(format!("{:x}", hasher.finalize()))
+/// SHA-256 (lower-case hex) of a file's bytes, streamed ([`crate::util::safetensors::sha256_file`]).
+fn file_sha256(path: &Path) -> std::result::Result<String, String> {
+    crate::util::safetensors::sha256_file(path).map_err(|e| e.to_string())
 }
 
 fn check_sha256(path: &Path, want: &str, what: &str) -> std::result::Result<(), String> {

@@ -41,7 +41,7 @@ pub struct Manifest {
     pub class: Option<usize>,
     /// The classifier-free guidance scale w of the teacher's solve (1: the conditional model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guidance: Option<f64>,
+    pub guidance: Option<crate::denoiser::Guidance>,
 }
 
 /// The store format this build writes: every shard carries the manifest it was made under
@@ -106,8 +106,7 @@ impl Manifest {
                 if let Some(c) = self.class {
                     check_range("class", c, 0, k - 1)?;
                 }
-                crate::denoiser::check_guidance(self.guidance.unwrap_or(1.0))
-                    .map_err(|e| Error::invalid(format!("field `guidance`: {e}")))
+                Ok(())
             }
             None if self.class.is_some() || self.guidance.is_some() => Err(Error::invalid(
                 "fields `class` and `guidance` belong to a class-conditional store (with `num_classes`)",
@@ -164,7 +163,7 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
         let v = st
             .tensor(name)
             .map_err(|_| Error::file(path, format!("shard has no `{name}`")))?;
-        crate::checkpoint::tensor_of(&v, name, path)
+        crate::util::safetensors::tensor_of(&v, name, path)
     };
     let shard = Shard {
         x_t: get("x_T")?,
@@ -174,7 +173,7 @@ pub fn parse_shard(bytes: &[u8], path: &Path, m: &Manifest, j: usize) -> Result<
             let v = st
                 .tensor("lambdas")
                 .map_err(|_| Error::file(path, "shard has no `lambdas`"))?;
-            let l = crate::checkpoint::tensor_of_unchecked(&v, "lambdas", path)?;
+            let l = crate::util::safetensors::tensor_of_unchecked(&v, "lambdas", path)?;
             let bad = l.isnan().logical_or(&l.isneginf()).any();
             if l.is_floating_point() && bool::try_from(bad).unwrap_or(true) {
                 return Err(Error::file(path, "tensor `lambdas` holds NaN or −∞"));
@@ -319,7 +318,7 @@ pub fn save_shard(path: &Path, s: &Shard, m: &Manifest) -> Result<()> {
     }
     let json = serde_json::to_string(m).map_err(|e| Error::invalid(e.to_string()))?;
     let info = std::collections::BTreeMap::from([(MANIFEST_KEY.to_string(), json)]);
-    crate::checkpoint::write_safetensors(path, &tensors, None, info)
+    crate::util::safetensors::write(path, &tensors, None, info)
 }
 
 /// A whole store in memory: `x_T` `[K, …]`, `targets` `[K, M, …]` (float32, CPU).

@@ -16,44 +16,40 @@ extern "C" {
     fn dsno_device_free_string(s: *mut c_char);
 }
 
-/// How training computes (the `--precision` flag).
-///
-/// - `Fp32`: float32, with libtorch's defaults, which are PyTorch's: IEEE float32 matmuls, and
-///   cuDNN convolutions free to use TensorFloat-32 on GPUs that have it (the default).
-/// - `Tf32`: float32 tensors, with CUDA matmuls and convolutions in TensorFloat-32 (10-bit
-///   mantissa products, float32 accumulation); the same as `Fp32` on the CPU.
-/// - `Bf16`: `Tf32`, plus the network's forward pass under bfloat16 autocast (PyTorch's
-///   `torch.autocast(device, torch.bfloat16)`: convolutions and matmuls in bfloat16, norms,
-///   softmax and reductions in float32), except TimeConv, whose spectral mixing stays float32
-///   ([`full_precision`]); weights, gradients, losses, the optimiser and the EMA stay float32.
-///   bfloat16 has float32's range, so no loss scaling is needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Tf32,
-    Bf16,
+crate::util::names::named_enum! {
+    /// How training computes (the `--precision` flag).
+    ///
+    /// - `Fp32`: float32, with libtorch's defaults, which are PyTorch's: IEEE float32 matmuls, and
+    ///   cuDNN convolutions free to use TensorFloat-32 on GPUs that have it (the default).
+    /// - `Tf32`: float32 tensors, with CUDA matmuls and convolutions in TensorFloat-32 (10-bit
+    ///   mantissa products, float32 accumulation); the same as `Fp32` on the CPU.
+    /// - `Bf16`: `Tf32`, plus the network's forward pass under bfloat16 autocast (PyTorch's
+    ///   `torch.autocast(device, torch.bfloat16)`: convolutions and matmuls in bfloat16, norms,
+    ///   softmax and reductions in float32), except TimeConv, whose spectral mixing stays float32
+    ///   ([`full_precision`]); weights, gradients, losses, the optimiser and the EMA stay float32.
+    ///   bfloat16 has float32's range, so no loss scaling is needed.
+    pub enum Precision ("precision") {
+        /// IEEE float32 throughout.
+        Fp32 = "fp32" | "float32",
+        /// CUDA matmuls and convolutions in TensorFloat-32.
+        Tf32 = "tf32",
+        /// tf32, plus the forward pass under bfloat16 autocast.
+        Bf16 = "bf16" | "bfloat16",
+    }
+}
+
+// the enum is declared by `named_enum!`, which derives no `Default`
+#[allow(clippy::derivable_impls)]
+impl Default for Precision {
+    fn default() -> Self {
+        Precision::Fp32
+    }
 }
 
 impl Precision {
-    /// Parses `fp32`, `tf32` or `bf16`.
+    /// Parses `fp32`, `tf32` or `bf16` ([`Precision::from_name`]).
     pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            _ => Err(Error::invalid(format!(
-                "unknown precision `{name}`: expected fp32, tf32 or bf16"
-            ))),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Fp32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        }
+        Self::from_name(name)
     }
 
     /// Sets the process-wide float32 mode of CUDA matmuls and convolutions for this precision:

@@ -7,16 +7,17 @@ pub mod report;
 pub mod sampling;
 pub mod score;
 
+use crate::denoiser::Guidance;
 use crate::model::{OneStep, Teacher};
 use crate::nn::classifier::Classifier;
-use crate::operator::Method;
 use crate::sampling::Noise;
 use crate::solver::{check_steps, Grid, Solver};
 use crate::util::progress;
 use crate::{Error, Result};
-pub use report::{write_report, Report, Row, RowMethod, Setup, Targets};
+pub use report::{write_report, Report, Row, RowMethod, Setup, StudentInfo, Targets};
 use sampling::{draw, DrawOptions, Drawn, Sampler};
 pub use score::{inception_stats, ScoreOptions, Scorer, Scores, CONFIDENT};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// What to evaluate and how.
@@ -28,26 +29,17 @@ pub struct EvalOptions {
     pub batch: usize,
     /// Noise stream: sample i's x_T depends on (seed, i) only.
     pub seed: u64,
-    /// Steps of the reference solve (DPM-Solver++(2M)).
+    /// Steps of the reference solve (DPM-Solver++(2M) on its default grid).
     pub reference_steps: usize,
-    /// DDIM step counts.
-    pub ddim_steps: Vec<usize>,
-    /// DPM-Solver++(2M) step counts.
-    pub dpm_steps: Vec<usize>,
-    /// Step grids of the DDIM and DPM-Solver++ rows (the reference keeps the solver's
-    /// default, chosen for accuracy at 50 steps). The baselines default to their best grid on
-    /// the MNIST teacher (docs/RESULTS.md §8): DDIM its default (uniform in t), DPM-Solver++(2M)
-    /// uniform in t (FD 117 at 4 steps and 44.8 at 10, against 225 and 65.2 on its default
-    /// quadratic grid and 229 and 67.0 on the log-SNR grid).
-    pub ddim_grid: Grid,
-    pub dpm_grid: Grid,
+    /// The teacher's few-step rows, in order: any solver, grid and step count.
+    pub baselines: Vec<Baseline>,
     /// KID and precision/recall settings.
     pub scores: ScoreOptions,
     /// Acceptance targets written into the report (none by default).
     pub targets: Option<Targets>,
     /// Classifier-free guidance scale w of the teacher's rows, for a class-conditional teacher
     /// (1: the conditional model).
-    pub guidance: f64,
+    pub guidance: Guidance,
     /// Show progress bars.
     pub progress: bool,
 }
@@ -59,30 +51,99 @@ impl Default for EvalOptions {
             batch: 250,
             seed: 1000,
             reference_steps: 50,
-            ddim_steps: vec![1, 2, 4, 10, 20],
-            dpm_steps: vec![2, 4, 10, 20],
-            ddim_grid: Grid::Default,
-            dpm_grid: Grid::Uniform,
+            baselines: Baseline::defaults(),
             scores: ScoreOptions {
                 kid_subsets: 100,
                 kid_subset_size: 1000,
                 knn: 3,
             },
             targets: None,
-            guidance: 1.0,
+            guidance: Guidance::CONDITIONAL,
             progress: true,
         }
     }
+}
+
+/// A few-step row of the teacher: a solver on a step grid with a number of steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Baseline {
+    pub solver: Solver,
+    pub grid: Grid,
+    pub steps: usize,
+}
+
+impl Baseline {
+    /// The default rows, each on its best grid on the MNIST teacher (docs/RESULTS.md §8): DDIM
+    /// at 1, 2, 4, 10, 20 steps on its default grid (uniform in t), DPM-Solver++(2M) at 2, 4,
+    /// 10, 20 uniform in t (FD 117 at 4 steps and 44.8 at 10, against 225 and 65.2 on its
+    /// default quadratic grid and 229 and 67.0 on the log-SNR grid).
+    pub fn defaults() -> Vec<Baseline> {
+        let rows = |solver, grid, steps: &[usize]| -> Vec<Baseline> {
+            steps
+                .iter()
+                .map(|&steps| Baseline {
+                    solver,
+                    grid,
+                    steps,
+                })
+                .collect()
+        };
+        let mut v = rows(Solver::Ddim, Grid::Default, &[1, 2, 4, 10, 20]);
+        v.extend(rows(Solver::DpmSolver2M, Grid::Uniform, &[2, 4, 10, 20]));
+        v
+    }
+
+    /// Parses `SOLVER[:GRID]@STEPS[,STEPS…]` (e.g. `ddim@1,2,4`, `dpmpp2m:uniform@10`): one row per
+    /// step count, on the solver's default grid unless one is named.
+    pub fn parse(spec: &str) -> Result<Vec<Baseline>> {
+        let bad = |why: String| {
+            Error::invalid(format!(
+                "baseline `{spec}`: {why} (expected SOLVER[:GRID]@STEPS[,STEPS…], e.g. dpmpp2m:uniform@4,10)"
+            ))
+        };
+        let (head, steps) = spec
+            .split_once('@')
+            .ok_or_else(|| bad("no `@` before the step counts".into()))?;
+        let (solver, grid) = match head.split_once(':') {
+            Some((s, g)) => (
+                s,
+                Grid::from_name(g.trim()).map_err(|e| bad(e.to_string()))?,
+            ),
+            None => (head, Grid::Default),
+        };
+        let solver = Solver::from_name(solver.trim()).map_err(|e| bad(e.to_string()))?;
+        let mut out = vec![];
+        for x in steps.split(',') {
+            let steps: usize = x
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("`{x}` is not a step count")))?;
+            check_steps("the steps of a baseline", steps).map_err(|e| bad(e.to_string()))?;
+            out.push(Baseline {
+                solver,
+                grid,
+                steps,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A one-step generator to evaluate, with the name of its rows and plots (e.g. `DSNO`).
+pub struct Student<'a> {
+    pub model: &'a OneStep,
+    /// The name its row is labelled with (`<name> @ 1`); unique among the students.
+    pub name: String,
+    /// Where it came from (its file), for the report's set-up.
+    pub file: String,
 }
 
 /// The models and data of an evaluation.
 pub struct EvalInputs<'a> {
     pub teacher: &'a Teacher,
     pub teacher_name: String,
-    /// `(model, name)` of the DSNO operator, if any.
-    pub dsno: Option<(&'a OneStep, String)>,
-    /// `(model, name)` of the KD student, if any.
-    pub kd: Option<(&'a OneStep, String)>,
+    /// The one-step generators, in the order of their rows: any number, of any method.
+    pub students: Vec<Student<'a>>,
     pub classifier: &'a Classifier,
     pub classifier_name: String,
     /// Real training images `[N, C, H, W]` in [-1, 1]: the reference distribution.
@@ -136,10 +197,19 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
         return Err(Error::invalid("the batch size must be at least 1"));
     }
     check_steps("the reference steps", o.reference_steps)?;
-    for &s in o.ddim_steps.iter().chain(&o.dpm_steps) {
-        check_steps("the steps of a solver row", s)?;
+    for b in &o.baselines {
+        check_steps("the steps of a solver row", b.steps)?;
     }
-    let rows = 2 + o.ddim_steps.len() + o.dpm_steps.len() + 2;
+    let mut names = std::collections::BTreeSet::new();
+    for s in &inp.students {
+        if s.name.trim().is_empty() || !names.insert(s.name.as_str()) {
+            return Err(Error::invalid(format!(
+                "student {} ({}): every student needs a name of its own",
+                s.name, s.file
+            )));
+        }
+    }
+    let rows = 2 + o.baselines.len() + inp.students.len();
     let sample: f64 = Classifier::INPUT_SHAPE.iter().product::<i64>() as f64;
     let bytes = 4.0 * o.count as f64 * sample * rows as f64;
     crate::util::memory::check_memory(&format!("{} samples of {rows} methods", o.count), bytes)?;
@@ -184,15 +254,15 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
             }
         }
     }
-    crate::denoiser::check_guidance(o.guidance)?;
-    if classes.is_none() && o.guidance != 1.0 {
+    if classes.is_none() && o.guidance != Guidance::CONDITIONAL {
         return Err(Error::invalid(format!(
             "{}: a guidance scale applies to class-conditional teachers only",
             inp.teacher_name
         )));
     }
-    for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
-        if let Some((model, name)) = m {
+    for s in &inp.students {
+        let (model, name) = (s.model, &s.file);
+        {
             if model.num_classes() != classes {
                 return Err(Error::file(
                     name,
@@ -227,15 +297,6 @@ fn check(inp: &EvalInputs, o: &EvalOptions) -> Result<()> {
                     ),
                 ));
             }
-            if model.net.method() != method {
-                return Err(Error::file(
-                    name,
-                    format!(
-                        "a {} model where a {method} one was expected",
-                        model.net.method()
-                    ),
-                ));
-            }
         }
     }
     Ok(())
@@ -261,19 +322,24 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
         device: teacher.device(),
     };
     let run = |what: RowMethod, sampler: &Sampler| -> Result<(RowMethod, Drawn)> {
+        let label = what.label();
         let d = DrawOptions {
             count: o.count,
             batch: o.batch,
             warm_up: true,
             keep_outputs: false,
-            progress: o.progress.then(|| what.label()),
+            progress: o.progress.then_some(label),
             labels: labels.as_ref().map(|y| y.shallow_clone()),
         };
         let mut drawn = draw(sampler, &noise, &d)?;
         drawn.samples = drawn.samples.to_kind(Kind::Float);
         Ok((what, drawn))
     };
-    let ode = |solver: Solver, steps: usize, grid: Grid| {
+    let ode = |Baseline {
+                   solver,
+                   grid,
+                   steps,
+               }| {
         Sampler::teacher(
             teacher,
             o.guidance,
@@ -282,29 +348,32 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
         )
     };
     let mut rows = vec![];
-    let (solver, steps) = (Solver::DpmSolver2M, o.reference_steps);
+    let reference = Baseline {
+        solver: Solver::DpmSolver2M,
+        grid: Grid::Default,
+        steps: o.reference_steps,
+    };
     rows.push(run(
-        RowMethod::Reference { solver, steps },
-        &ode(solver, steps, Grid::Default)?,
+        RowMethod::Reference {
+            solver: reference.solver,
+            steps: reference.steps,
+        },
+        &ode(reference)?,
     )?);
-    for (solver, counts, grid) in [
-        (Solver::Ddim, &o.ddim_steps, o.ddim_grid),
-        (Solver::DpmSolver2M, &o.dpm_steps, o.dpm_grid),
-    ] {
-        for &steps in counts {
-            rows.push(run(
-                RowMethod::Solver { solver, steps },
-                &ode(solver, steps, grid)?,
-            )?);
-        }
+    for &b in &o.baselines {
+        let what = RowMethod::Solver {
+            solver: b.solver,
+            grid: b.grid,
+            steps: b.steps,
+        };
+        rows.push(run(what, &ode(b)?)?);
     }
-    for (m, method) in [(&inp.kd, Method::Kd), (&inp.dsno, Method::Dsno)] {
-        if let Some((model, _)) = m {
-            rows.push(run(
-                RowMethod::OneStep { generator: method },
-                &Sampler::OneStep(model),
-            )?);
-        }
+    for s in &inp.students {
+        let what = RowMethod::OneStep {
+            generator: s.model.net.method().clone(),
+            name: s.name.clone(),
+        };
+        rows.push(run(what, &Sampler::OneStep(s.model))?);
     }
     Ok(rows)
 }
@@ -355,8 +424,14 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
         methods.len() as u64 + 1,
         &format!("{:24}", "scoring"),
     );
-    for (what, d) in &methods {
-        let mut r = row(*what, scorer.score(&d.samples, labels.as_ref())?, o.count);
+    let labels_of = row_labels(methods.iter().map(|m| &m.0));
+    for ((what, d), label) in methods.iter().zip(&labels_of) {
+        let mut r = row(
+            what.clone(),
+            scorer.score(&d.samples, labels.as_ref())?,
+            o.count,
+        );
+        r.label = label.clone();
         r.nfe = Some(d.nfe);
         r.backbone_passes = Some(d.passes);
         r.wall_ms = Some(1e3 * d.seconds / o.count as f64);
@@ -393,9 +468,50 @@ pub fn evaluate(inp: &EvalInputs, o: &EvalOptions) -> Result<(Report, Vec<(Strin
     };
     let samples = methods
         .into_iter()
-        .map(|(w, d)| (w.label(), d.samples))
+        .zip(labels_of)
+        .map(|((_, d), label)| (label, d.samples))
         .collect();
     Ok((report, samples))
+}
+
+/// The step grid of each solver's rows, e.g. `DDIM default, DPM-Solver++(2M) uniform
+/// (reference: default)`.
+fn grids(baselines: &[Baseline]) -> String {
+    let mut seen: Vec<(Solver, Vec<Grid>)> = vec![];
+    for b in baselines {
+        match seen.iter_mut().find(|(s, _)| *s == b.solver) {
+            Some((_, g)) if !g.contains(&b.grid) => g.push(b.grid),
+            Some(_) => {}
+            None => seen.push((b.solver, vec![b.grid])),
+        }
+    }
+    let parts: Vec<String> = seen
+        .iter()
+        .map(|(s, g)| {
+            let g: Vec<&str> = g.iter().map(|g| g.name()).collect();
+            format!("{} {}", s.label(), g.join(" and "))
+        })
+        .collect();
+    format!("{} (reference: default)", parts.join(", "))
+}
+
+/// The rows' labels: [`RowMethod::label`], with the step grid added to solver rows whose
+/// solver and step count appear on several grids.
+fn row_labels<'a>(rows: impl Iterator<Item = &'a RowMethod> + Clone) -> Vec<String> {
+    let key = |w: &RowMethod| match w {
+        RowMethod::Solver { solver, steps, .. } => Some((*solver, *steps)),
+        _ => None,
+    };
+    rows.clone()
+        .map(|w| match w {
+            RowMethod::Solver { grid, .. }
+                if rows.clone().filter(|v| key(v) == key(w)).count() > 1 =>
+            {
+                format!("{} ({})", w.label(), grid.name())
+            }
+            _ => w.label(),
+        })
+        .collect()
 }
 
 fn setup(inp: &EvalInputs, o: &EvalOptions, floor_images: usize) -> Setup {
@@ -412,8 +528,15 @@ fn setup(inp: &EvalInputs, o: &EvalOptions, floor_images: usize) -> Setup {
         device: crate::device::describe(inp.teacher.device()),
         threads: tch::get_num_threads(),
         teacher: inp.teacher_name.clone(),
-        dsno: inp.dsno.as_ref().map(|d| d.1.clone()),
-        kd: inp.kd.as_ref().map(|d| d.1.clone()),
+        students: inp
+            .students
+            .iter()
+            .map(|s| report::StudentInfo {
+                name: s.name.clone(),
+                method: s.model.net.method().clone(),
+                file: s.file.clone(),
+            })
+            .collect(),
         classifier: inp.classifier_name.clone(),
         real_reference_images: inp.train_images.size()[0] as usize,
         floor_images,
@@ -423,11 +546,7 @@ fn setup(inp: &EvalInputs, o: &EvalOptions, floor_images: usize) -> Setup {
             s.kid_subset_size.min(o.count)
         ),
         knn: s.knn,
-        grids: format!(
-            "DDIM {}, DPM-Solver++(2M) {} (reference: default)",
-            o.ddim_grid.name(),
-            o.dpm_grid.name()
-        ),
+        grids: grids(&o.baselines),
         targets: o.targets,
         conditional: inp.teacher.num_classes().map(|k| {
             format!(

@@ -2,7 +2,7 @@
 //! sample grids.
 use super::score::CONFIDENT;
 use crate::operator::Method;
-use crate::solver::Solver;
+use crate::solver::{Grid, Solver};
 use crate::util::image;
 use crate::util::plot::{Plot, Series};
 use crate::{Error, Result};
@@ -11,15 +11,19 @@ use std::path::Path;
 use tch::Tensor;
 
 /// What a row measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RowMethod {
     /// The teacher's converged solve that the pixel errors are measured against.
     Reference { solver: Solver, steps: usize },
-    /// The teacher with a few-step solver.
-    Solver { solver: Solver, steps: usize },
-    /// A one-step generator.
-    OneStep { generator: Method },
+    /// The teacher with a few-step solver on a step grid.
+    Solver {
+        solver: Solver,
+        grid: Grid,
+        steps: usize,
+    },
+    /// A one-step generator of method `generator`, named `name` in the report.
+    OneStep { generator: Method, name: String },
     /// Real held-out images against the reference images: the floor of every score.
     Floor,
 }
@@ -31,20 +35,31 @@ impl RowMethod {
             RowMethod::Reference { solver, steps } => {
                 format!("teacher {} @ {steps}", solver.label())
             }
-            RowMethod::Solver { solver, steps } => format!("{} @ {steps}", solver.label()),
-            RowMethod::OneStep { generator } => format!("{generator} @ 1"),
+            RowMethod::Solver { solver, steps, .. } => format!("{} @ {steps}", solver.label()),
+            RowMethod::OneStep { name, .. } => format!("{name} @ 1"),
             RowMethod::Floor => "real test images (floor)".into(),
         }
     }
 }
 
-/// Acceptance targets to check the report against (none in the library: the caller's).
+/// Acceptance targets every one-step model is checked against (none in the library: the
+/// caller's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Targets {
-    /// The largest acceptable DSNO@1 FD / reference FD.
+    /// The largest acceptable one-step FD / reference FD.
     pub fd_ratio: f64,
-    /// The largest acceptable DSNO@1 wall time / DPM-Solver++(2M)@10 wall time.
+    /// The largest acceptable one-step wall time / DPM-Solver++(2M)@10 wall time.
     pub wall_ratio: f64,
+}
+
+/// A one-step model of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudentInfo {
+    /// The name of its row.
+    pub name: String,
+    pub method: Method,
+    /// Its file.
+    pub file: String,
 }
 
 /// One row of the report.
@@ -98,14 +113,15 @@ pub struct Setup {
     pub device: String,
     pub threads: i32,
     pub teacher: String,
-    pub dsno: Option<String>,
-    pub kd: Option<String>,
+    /// The one-step models, in the order of their rows.
+    #[serde(default)]
+    pub students: Vec<StudentInfo>,
     pub classifier: String,
     pub real_reference_images: usize,
     pub floor_images: usize,
     pub kid: String,
     pub knn: i64,
-    /// Step grids of the DDIM and DPM-Solver++ rows.
+    /// Step grids of the solver rows.
     #[serde(default)]
     pub grids: String,
     /// The targets the report is checked against, if any.
@@ -210,12 +226,11 @@ impl Report {
     pub fn markdown(&self, plots: &[(&str, &str)], grids: &[(String, String)]) -> String {
         let s = &self.setup;
         let mut md = String::from("# dsno evaluation report\n\n");
-        md += &format!(
-            "- teacher: `{}`; DSNO: `{}`; KD: `{}`\n",
-            s.teacher,
-            s.dsno.as_deref().unwrap_or("–"),
-            s.kd.as_deref().unwrap_or("–")
-        );
+        md += &format!("- teacher: `{}`", s.teacher);
+        for st in &s.students {
+            md += &format!("; {}: `{}`", st.name, st.file);
+        }
+        md += "\n";
         md += &format!(
             "- {} samples per method from the same noise (seed {}), batch {} for every method, device {}, {} libtorch threads\n",
             s.count, s.seed, s.batch, s.device, s.threads
@@ -257,58 +272,95 @@ impl Report {
         md
     }
 
-    /// The comparisons of DSNO@1 with the reference and the baselines, each a sentence with the
-    /// measured ratio and, when the report has [`Targets`], whether it is met.
+    /// The comparisons of every one-step model with the reference, the other one-step models and
+    /// each solver's rows, each a sentence with the measured numbers and, when the report has
+    /// [`Targets`], whether they are met.
     pub fn targets(&self) -> Vec<String> {
+        let students: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| matches!(r.what, RowMethod::OneStep { .. }))
+            .collect();
+        let Some(reference) = self.reference() else {
+            return vec!["no reference row".into()];
+        };
+        if students.is_empty() {
+            return vec!["no one-step model evaluated".into()];
+        }
         let mut out = vec![];
-        let dsno_row = RowMethod::OneStep {
-            generator: Method::Dsno,
-        };
-        let (Some(reference), Some(dsno)) = (self.reference(), self.row(&dsno_row)) else {
-            out.push("no DSNO model evaluated".into());
-            return out;
-        };
+        for s in &students {
+            out.extend(self.student_targets(s, reference, &students));
+        }
+        out
+    }
+
+    /// The sentences of [`Report::targets`] for one one-step model `s`.
+    fn student_targets(&self, s: &Row, reference: &Row, students: &[&Row]) -> Vec<String> {
         let verdict = |ok: bool| if ok { "met" } else { "missed" };
         let t = self.setup.targets;
-        let r = dsno.fd / reference.fd;
         let against = |limit: Option<f64>, ok: bool| match limit {
             Some(l) => format!(" (target ≤ {l}): {}", verdict(ok)),
             None => String::new(),
         };
-        out.push(format!(
-            "DSNO@1 FD / teacher FD = {:.3} / {:.3} = {r:.2}{}",
-            dsno.fd,
+        let name = s.label.replace(" @ 1", "@1");
+        let r = s.fd / reference.fd;
+        let mut out = vec![format!(
+            "{name} FD / teacher FD = {:.3} / {:.3} = {r:.2}{}",
+            s.fd,
             reference.fd,
             against(t.map(|t| t.fd_ratio), t.is_some_and(|t| r <= t.fd_ratio))
-        ));
-        let dpm = |steps| RowMethod::Solver {
-            solver: Solver::DpmSolver2M,
-            steps,
-        };
-        for other in [
-            RowMethod::OneStep {
-                generator: Method::Kd,
-            },
-            RowMethod::Solver {
-                solver: Solver::Ddim,
-                steps: 10,
-            },
-            dpm(4),
-        ] {
-            if let Some(o) = self.row(&other) {
-                out.push(format!(
-                    "DSNO@1 FD {:.3} vs {} {:.3}: {}",
-                    dsno.fd,
-                    o.label,
-                    o.fd,
-                    verdict(dsno.fd < o.fd)
-                ));
-            }
+        )];
+        for o in students.iter().filter(|o| o.label != s.label) {
+            out.push(format!(
+                "{name} FD {:.3} vs {} {:.3}: {}",
+                s.fd,
+                o.label,
+                o.fd,
+                verdict(s.fd < o.fd)
+            ));
         }
-        if let (Some(d), Some(w)) = (dsno.wall_ms, self.row(&dpm(10)).and_then(|r| r.wall_ms)) {
+        for &solver in Solver::ALL {
+            let rows: Vec<&Row> = self
+                .rows
+                .iter()
+                .filter(|r| matches!(r.what, RowMethod::Solver { solver: x, .. } if x == solver))
+                .collect();
+            let Some(most) = rows.iter().filter_map(|r| r.nfe).max() else {
+                continue;
+            };
+            let first = rows
+                .iter()
+                .filter(|r| r.fd <= s.fd)
+                .min_by_key(|r| r.nfe.unwrap_or(usize::MAX));
+            out.push(match first {
+                Some(r) => format!(
+                    "{name} FD {:.3}: {} needs {} to match it (FD {:.3})",
+                    s.fd,
+                    solver.label(),
+                    r.label,
+                    r.fd
+                ),
+                None => format!(
+                    "{name} FD {:.3}: better than every {} row (up to {most} steps)",
+                    s.fd,
+                    solver.label()
+                ),
+            });
+        }
+        let dpm10 = self.rows.iter().find(|r| {
+            matches!(
+                r.what,
+                RowMethod::Solver {
+                    solver: Solver::DpmSolver2M,
+                    steps: 10,
+                    ..
+                }
+            )
+        });
+        if let (Some(d), Some(w)) = (s.wall_ms, dpm10.and_then(|r| r.wall_ms)) {
             let q = d / w;
             out.push(format!(
-                "DSNO wall time / DPM-Solver++(2M)@10 wall time = {d:.3} / {w:.3} ms = {q:.2}{}",
+                "{name} wall time / DPM-Solver++(2M)@10 wall time = {d:.3} / {w:.3} ms = {q:.2}{}",
                 against(
                     t.map(|t| t.wall_ratio),
                     t.is_some_and(|t| q <= t.wall_ratio)
@@ -316,6 +368,28 @@ impl Report {
             ));
         }
         out
+    }
+
+    /// The (solver, grid) lines of the plots in the order of [`Solver::ALL`], and whether the
+    /// solver has several grids (then the legend names them).
+    fn solver_lines(&self) -> Vec<(Solver, Grid, bool)> {
+        let mut lines = vec![];
+        for &solver in Solver::ALL {
+            let mut grids: Vec<Grid> = vec![];
+            for r in &self.rows {
+                if let RowMethod::Solver {
+                    solver: s, grid, ..
+                } = r.what
+                {
+                    if s == solver && !grids.contains(&grid) {
+                        grids.push(grid);
+                    }
+                }
+            }
+            let several = grids.len() > 1;
+            lines.extend(grids.into_iter().map(|g| (solver, g, several)));
+        }
+        lines
     }
 
     /// FD against NFE and against wall time, one line per solver and one point per one-step
@@ -338,15 +412,20 @@ impl Report {
                     });
                 }
             };
-            for solver in Solver::ALL {
-                let of = move |r: &Row| matches!(r.what, RowMethod::Solver { solver: s, .. } if s == solver);
-                add(solver.label(), &of, true);
+            for (solver, grid, several) in self.solver_lines() {
+                let of = move |r: &Row| matches!(r.what, RowMethod::Solver { solver: s, grid: g, .. } if s == solver && g == grid);
+                let label = match several {
+                    true => format!("{} ({})", solver.label(), grid.name()),
+                    false => solver.label().to_string(),
+                };
+                add(&label, &of, true);
             }
             let reference = |r: &Row| matches!(r.what, RowMethod::Reference { .. });
             add("teacher (reference)", &reference, false);
-            for method in [Method::Kd, Method::Dsno] {
-                let what = RowMethod::OneStep { generator: method };
-                add(&what.label(), &|r| r.what == what, false);
+            for r in &self.rows {
+                if let RowMethod::OneStep { .. } = r.what {
+                    add(&r.label, &|x| x.what == r.what, false);
+                }
             }
             out
         };

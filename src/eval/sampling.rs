@@ -2,7 +2,7 @@
 //! solver and its step grid, a class-conditional model with guidance, a one-step generator, or an
 //! exact toy denoiser with a solver; [`draw`] runs it on every batch of the seeded noise (with
 //! each sample's class label, for conditional models) and times it.
-use crate::denoiser::{ConditionalDenoiser, Denoiser, Guided};
+use crate::denoiser::{Denoiser, Guidance, Guided};
 use crate::model::{OneStep, Teacher};
 use crate::sampling::{self, Noise};
 use crate::schedule::Schedule;
@@ -24,8 +24,8 @@ pub enum Sampler<'a> {
     /// A class-conditional denoiser solved with `solver` on `grid`, with classifier-free
     /// guidance of scale `guidance` towards each sample's label (1: the conditional model).
     Guided {
-        model: &'a dyn ConditionalDenoiser,
-        guidance: f64,
+        model: &'a dyn Denoiser,
+        guidance: Guidance,
         schedule: Schedule,
         solver: Solver,
         grid: Vec<f64>,
@@ -51,22 +51,19 @@ impl<'a> Sampler<'a> {
     /// guidance of scale `guidance` towards each sample's label, an unconditional one plainly.
     pub fn teacher(
         teacher: &'a Teacher,
-        guidance: f64,
+        guidance: Guidance,
         solver: Solver,
         grid: Vec<f64>,
     ) -> Result<Self> {
         let schedule = teacher.schedule();
         Ok(match teacher.num_classes() {
-            Some(_) => {
-                crate::denoiser::check_guidance(guidance)?;
-                Sampler::Guided {
-                    model: teacher,
-                    guidance,
-                    schedule,
-                    solver,
-                    grid,
-                }
-            }
+            Some(_) => Sampler::Guided {
+                model: teacher,
+                guidance,
+                schedule,
+                solver,
+                grid,
+            },
             None => Sampler::Ode {
                 denoiser: teacher,
                 schedule,
@@ -109,11 +106,11 @@ impl<'a> Sampler<'a> {
                 let y = labels.ok_or_else(|| {
                     Error::invalid("a class-conditional model samples with labels")
                 })?;
-                let g = Guided::new(*model, y.to_device(x_t.device()), *guidance)?;
+                let g = Guided::new(*model, y.to_device(x_t.device()), *guidance);
                 solve(&g, schedule, solver, grid)?
             }
             Sampler::OneStep(model) => {
-                let outputs = model.trajectory_labels(x_t, labels)?;
+                let outputs = model.trajectory(x_t, labels)?;
                 Batch {
                     samples: outputs.select(1, model.slots() - 1),
                     outputs: Some(outputs),

@@ -15,10 +15,14 @@
 //! As a [`Backbone`] the time input is diffusers' (fractional) timestep, and the DSNO hook
 //! slots are after every resnet (with its attention) of the down and up blocks and after the
 //! mid block: the non-resampling blocks.
+use super::blocks::{self, ConvSpec, Resample, Resnet, ResnetSpec};
 use super::{check, Backbone};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, nn::Module, Tensor};
+
+/// The variable path of the class embedding (diffusers' `class_embedding.weight`).
+pub const CLASS_EMBEDDING: &str = "class_embedding";
 
 fn d_true() -> bool {
     true
@@ -346,19 +350,8 @@ impl DiffusersUNetConfig {
         let conv = |i: i64, o: i64, k: i64| (i * o * k * k + o) as u64;
         let lin = |i: i64, o: i64| (i * o + o) as u64;
         let norm = |c: i64| 2 * c as u64;
-        let shift = if self.resnet_time_scale_shift == "scale_shift" {
-            2
-        } else {
-            1
-        };
-        let res = |i: i64, o: i64| {
-            norm(i)
-                + conv(i, o, 3)
-                + lin(t, shift * o)
-                + norm(o)
-                + conv(o, o, 3)
-                + if i != o { conv(i, o, 1) } else { 0 }
-        };
+        let scale_shift = self.resnet_time_scale_shift == "scale_shift";
+        let res = |i: i64, o: i64| Resnet::num_params((i, o), t, scale_shift);
         let attn = |c: i64, with_norm: bool| {
             let inner = self.heads(c) * self.head_dim(c);
             3 * lin(c, inner) + lin(inner, c) + if with_norm { norm(c) } else { 0 }
@@ -512,92 +505,31 @@ pub fn legacy_name(name: &str) -> Option<String> {
     None
 }
 
-fn group_norm(p: nn::Path, groups: i64, c: i64, eps: f64) -> nn::GroupNorm {
-    nn::group_norm(
-        p,
-        groups,
-        c,
-        nn::GroupNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
-}
-
 fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    nn::conv2d(
-        p,
-        i,
-        o,
-        k,
-        nn::ConvConfig {
-            stride,
-            padding,
-            ..Default::default()
-        },
-    )
+    let spec = ConvSpec {
+        stride,
+        padding,
+        zero: false,
+    };
+    blocks::conv(p, i, o, k, spec)
 }
 
-/// diffusers' `ResnetBlock2D`.
-struct Resnet {
-    norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    time_emb_proj: nn::Linear,
-    norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    shortcut: Option<nn::Conv2D>,
-    scale_shift: bool,
-    dropout: f64,
-    output_scale: f64,
-}
-
-impl Resnet {
-    fn new(p: nn::Path, (i, o): (i64, i64), cfg: &DiffusersUNetConfig, output_scale: f64) -> Self {
-        let (g, eps, t) = (cfg.groups(), cfg.norm_eps, cfg.time_embed_dim());
-        let scale_shift = cfg.resnet_time_scale_shift == "scale_shift";
-        Resnet {
-            norm1: group_norm(&p / "norm1", g, i, eps),
-            conv1: conv(&p / "conv1", i, o, 3, 1, 1),
-            time_emb_proj: nn::linear(
-                &p / "time_emb_proj",
-                t,
-                if scale_shift { 2 * o } else { o },
-                Default::default(),
-            ),
-            norm2: group_norm(&p / "norm2", g, o, eps),
-            conv2: conv(&p / "conv2", o, o, 3, 1, 1),
-            shortcut: (i != o).then(|| conv(&p / "conv_shortcut", i, o, 1, 1, 0)),
-            scale_shift,
-            dropout: cfg.dropout,
-            output_scale,
-        }
-    }
-
-    fn forward(&self, x: &Tensor, emb_act: &Tensor, train: bool) -> Tensor {
-        let h = self.conv1.forward(&self.norm1.forward(x).silu());
-        let e = self
-            .time_emb_proj
-            .forward(emb_act)
-            .unsqueeze(-1)
-            .unsqueeze(-1);
-        let h = if self.scale_shift {
-            let parts = e.chunk(2, 1);
-            self.norm2.forward(&h) * (&parts[0] + 1.0) + &parts[1]
-        } else {
-            self.norm2.forward(&(h + e))
-        };
-        let h = self.conv2.forward(&h.silu().dropout(self.dropout, train));
-        let x = match &self.shortcut {
-            Some(c) => c.forward(x),
-            None => x.shallow_clone(),
-        };
-        let out = x + h;
-        if self.output_scale == 1.0 {
-            out
-        } else {
-            out / self.output_scale
-        }
-    }
+/// diffusers' `ResnetBlock2D` (variables `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`,
+/// `conv_shortcut`), its output divided by `output_scale`.
+fn resnet(p: nn::Path, io: (i64, i64), cfg: &DiffusersUNetConfig, output_scale: f64) -> Resnet {
+    let spec = ResnetSpec {
+        groups: cfg.groups(),
+        eps: cfg.norm_eps,
+        emb_dim: cfg.time_embed_dim(),
+        scale_shift: cfg.resnet_time_scale_shift == "scale_shift",
+        zero_out: false,
+        dropout: cfg.dropout,
+        output_scale,
+        resample: Resample::None,
+        emb_name: "time_emb_proj",
+        skip_name: "conv_shortcut",
+    };
+    Resnet::new(p, io, &spec)
 }
 
 /// diffusers' `Attention` as its deprecated attention blocks use it: group norm (optional),
@@ -624,7 +556,7 @@ impl Attention {
         let inner = heads * dim;
         let lin = |name: &str, i, o| nn::linear(&p / name, i, o, Default::default());
         Attention {
-            norm: groups.map(|g| group_norm(&p / "group_norm", g, c, cfg.norm_eps)),
+            norm: groups.map(|g| blocks::group_norm(&p / "group_norm", g, c, cfg.norm_eps)),
             to_q: lin("to_q", c, inner),
             to_k: lin("to_k", c, inner),
             to_v: lin("to_v", c, inner),
@@ -641,20 +573,20 @@ impl Attention {
             None => x.shallow_clone(),
         };
         let seq = normed.view([b, c, h * w]).transpose(1, 2); // [B, HW, C]
-        let split = |t: Tensor| {
-            let inner = t.size()[2];
-            t.view([b, h * w, self.heads, inner / self.heads])
-                .transpose(1, 2)
+                                                              // [B, HW, heads·d] → [B·heads, d, HW]
+        let heads = |t: Tensor| {
+            let d = t.size()[2] / self.heads;
+            t.view([b, h * w, self.heads, d])
+                .permute([0, 2, 3, 1])
+                .reshape([b * self.heads, d, h * w])
         };
-        let q = split(self.to_q.forward(&seq));
-        let k = split(self.to_k.forward(&seq));
-        let v = split(self.to_v.forward(&seq));
-        let scale = 1.0 / (q.size()[3] as f64).sqrt();
-        let att = (q.matmul(&k.transpose(-2, -1)) * scale).softmax(-1, Kind::Float);
-        let o = att
-            .to_kind(v.kind())
-            .matmul(&v)
-            .transpose(1, 2)
+        let q = heads(self.to_q.forward(&seq));
+        let k = heads(self.to_k.forward(&seq));
+        let v = heads(self.to_v.forward(&seq));
+        let d = v.size()[1];
+        let o = blocks::attend(&q, &k, &v) // [B·heads, d, HW]
+            .view([b, self.heads, d, h * w])
+            .permute([0, 3, 1, 2])
             .reshape([b, h * w, -1]);
         let o = self
             .to_out
@@ -721,7 +653,7 @@ fn layers(p: &nn::Path, plan: &BlockPlan, cfg: &DiffusersUNetConfig) -> Vec<Laye
         .iter()
         .enumerate()
         .map(|(j, &io)| Layer {
-            resnet: Resnet::new(p / "resnets" / j, io, cfg, 1.0),
+            resnet: resnet(p / "resnets" / j, io, cfg, 1.0),
             attention: plan
                 .attention
                 .then(|| Attention::new(p / "attentions" / j, io.1, cfg, Some(cfg.groups()), 1.0)),
@@ -763,7 +695,7 @@ impl DiffusersUNet {
             let mp = p / "mid_block";
             let s = cfg.mid_block_scale_factor;
             Mid {
-                res0: Resnet::new(&mp / "resnets" / 0, (c, c), cfg, s),
+                res0: resnet(&mp / "resnets" / 0, (c, c), cfg, s),
                 attention: cfg.add_attention.then(|| {
                     Attention::new(
                         &mp / "attentions" / 0,
@@ -773,7 +705,7 @@ impl DiffusersUNet {
                         s,
                     )
                 }),
-                res1: Resnet::new(&mp / "resnets" / 1, (c, c), cfg, s),
+                res1: resnet(&mp / "resnets" / 1, (c, c), cfg, s),
             }
         });
         let up = cfg
@@ -796,7 +728,7 @@ impl DiffusersUNet {
             linear_1: nn::linear(p / "time_embedding" / "linear_1", c0, t, Default::default()),
             linear_2: nn::linear(p / "time_embedding" / "linear_2", t, t, Default::default()),
             class_embedding: cfg.num_class_embeds.map(|k| {
-                (p / "class_embedding").var(
+                (p / CLASS_EMBEDDING).var(
                     "weight",
                     &[k, t],
                     nn::Init::Randn {
@@ -808,7 +740,7 @@ impl DiffusersUNet {
             down,
             mid,
             up,
-            conv_norm_out: group_norm(p / "conv_norm_out", cfg.groups(), c0, cfg.norm_eps),
+            conv_norm_out: blocks::group_norm(p / "conv_norm_out", cfg.groups(), c0, cfg.norm_eps),
             conv_out: conv(p / "conv_out", c0, cfg.out_channels, 3, 1, 1),
         })
     }
@@ -819,24 +751,31 @@ impl DiffusersUNet {
 
     /// diffusers' `Timesteps`: sinusoidal features of the (fractional) timesteps `[N]`.
     fn time_features(&self, timesteps: &Tensor) -> Tensor {
-        let dim = self.cfg.block_out_channels[0];
-        let half = dim / 2;
-        let exponent = Tensor::arange(half, (Kind::Float, timesteps.device())) * (-(10000f64).ln())
-            / (half as f64 - self.cfg.freq_shift);
-        let args = timesteps.to_kind(Kind::Float).unsqueeze(1) * exponent.exp().unsqueeze(0);
-        let (sin, cos) = (args.sin(), args.cos());
-        if self.cfg.flip_sin_to_cos {
-            Tensor::cat(&[cos, sin], 1)
-        } else {
-            Tensor::cat(&[sin, cos], 1)
-        }
+        let c = &self.cfg;
+        super::embedding::sinusoidal_features(
+            timesteps,
+            c.block_out_channels[0],
+            c.freq_shift,
+            c.flip_sin_to_cos,
+        )
+    }
+}
+
+impl Backbone for DiffusersUNet {
+    /// The time embedding alone (a class-conditional model's labelled paths go through
+    /// [`Backbone::embed`], which refuses to run it without labels).
+    fn time_embedding(&self, t_in: &Tensor) -> Tensor {
+        self.linear_2
+            .forward(&self.linear_1.forward(&self.time_features(t_in)).silu())
+    }
+
+    fn num_classes(&self) -> Option<i64> {
+        self.cfg.num_class_embeds
     }
 
     /// The time (and class) embedding `[N, E]`; conditional models need `labels` `[N]`.
-    pub fn embed_labels(&self, timesteps: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        let emb = self
-            .linear_2
-            .forward(&self.linear_1.forward(&self.time_features(timesteps)).silu());
+    fn embed(&self, timesteps: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        let emb = self.time_embedding(timesteps);
         match (&self.class_embedding, labels) {
             (Some(table), Some(y)) => {
                 // diffusers' class embedding has no null class: labels 0 … K − 1 only
@@ -853,35 +792,6 @@ impl DiffusersUNet {
                 "this UNet2DModel has no class embedding: it takes no labels",
             )),
         }
-    }
-
-    /// The network's output for inputs `x` at (fractional) `timesteps` `[N]`, with class
-    /// `labels` for a conditional model.
-    pub fn forward_labels(
-        &self,
-        x: &Tensor,
-        timesteps: &Tensor,
-        labels: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let emb = self.embed_labels(timesteps, labels)?;
-        Ok(self.body(self.stem(x), &emb, false, &mut |_, h| h))
-    }
-}
-
-impl Backbone for DiffusersUNet {
-    fn embed(&self, t_in: &Tensor) -> Tensor {
-        // the time embedding alone (a class-conditional model's labelled paths go through
-        // `embed_labels`, which refuses to run it without labels)
-        self.linear_2
-            .forward(&self.linear_1.forward(&self.time_features(t_in)).silu())
-    }
-
-    fn num_classes(&self) -> Option<i64> {
-        self.cfg.num_class_embeds
-    }
-
-    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
-        DiffusersUNet::embed_labels(self, t_in, labels)
     }
 
     fn stem(&self, x: &Tensor) -> Tensor {

@@ -5,12 +5,22 @@ use tch::{nn, nn::Module, Kind, Tensor};
 /// Sinusoidal embedding (Vaswani et al.; iDDPM layout): `[cos(s·f_i), sin(s·f_i)]` with
 /// `f_i = 10000^{−i/half}`, `i < half = dim/2`; `steps` has shape `[N]`, the result `[N, dim]`.
 pub fn sinusoidal(steps: &Tensor, dim: i64) -> Tensor {
+    sinusoidal_features(steps, dim, 0.0, true)
+}
+
+/// The sinusoidal features of both U-Nets (diffusers' `Timesteps`): `f_i = 10000^{−i/(half −
+/// shift)}`, `[cos, sin]` when `cos_first` (diffusers' `flip_sin_to_cos`), else `[sin, cos]`;
+/// an odd `dim` gets a zero column last.
+pub fn sinusoidal_features(steps: &Tensor, dim: i64, shift: f64, cos_first: bool) -> Tensor {
     let half = dim / 2;
     let freqs = (Tensor::arange(half, (Kind::Float, steps.device()))
-        * (-(10000f64.ln()) / half as f64))
+        * (-(10000f64.ln()) / (half as f64 - shift)))
         .exp();
     let args = steps.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);
-    let emb = Tensor::cat(&[args.cos(), args.sin()], 1);
+    let emb = match cos_first {
+        true => Tensor::cat(&[args.cos(), args.sin()], 1),
+        false => Tensor::cat(&[args.sin(), args.cos()], 1),
+    };
     if dim % 2 == 1 {
         Tensor::cat(
             &[

@@ -139,7 +139,7 @@ impl Mlp {
 }
 
 impl Backbone for Mlp {
-    fn embed(&self, t_in: &Tensor) -> Tensor {
+    fn time_embedding(&self, t_in: &Tensor) -> Tensor {
         self.temb.forward(t_in)
     }
 

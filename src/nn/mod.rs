@@ -6,6 +6,7 @@
 //! A [`Backbone`] is split so that the operator can run it on M time slots at once and insert a
 //! TimeConv after every non-resampling block: `stem` (the input layer), `body` (everything
 //! after it) with a hook called after each of those blocks, and `embed` (the time embedding).
+pub mod blocks;
 pub mod classifier;
 pub mod diffusers;
 pub mod embedding;
@@ -21,8 +22,9 @@ use tch::{nn, Tensor};
 
 /// A network split into stem, body (with hook slots) and time embedding.
 pub trait Backbone: Send {
-    /// The time embedding of a batch of network times `t_in` ∈ [0, 1], shape `[N]` → `[N, E]`.
-    fn embed(&self, t_in: &Tensor) -> Tensor;
+    /// The time embedding of a batch of network times `t_in`, shape `[N]` → `[N, E]`, without
+    /// labels (a class-conditional U-Net adds its null class; the probes and benchmarks use it).
+    fn time_embedding(&self, t_in: &Tensor) -> Tensor;
     /// The input layer (the U-Net's `conv_in`, the MLP's input projection).
     fn stem(&self, x: &Tensor) -> Tensor;
     /// Everything after the stem. `hook(slot, h)` is called on the output of every
@@ -42,43 +44,51 @@ pub trait Backbone: Send {
     /// attention matmuls; norms and activations are not counted).
     fn flops_per_sample(&self) -> f64;
 
-    /// The plain network: `f(x, t_in)` (a class-conditional network with its null class).
-    fn forward_t(&self, x: &Tensor, t_in: &Tensor, train: bool) -> Tensor {
-        let emb = self.embed(t_in);
-        self.body(self.stem(x), &emb, train, &mut |_, h| h)
-    }
-
     /// `Some(K)` for a class-conditional network (labels 0 … K − 1, and K, the null class of
     /// classifier-free guidance, meaning "no label"); `None` for an unconditional one.
     fn num_classes(&self) -> Option<i64> {
         None
     }
 
-    /// The embedding of network times `t_in` with class `labels` `[N]` (int64) added; `None`
-    /// is the null class. An unconditional network refuses labels.
-    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+    /// The embedding `[N, E]` of network times `t_in` `[N]` with class `labels` `[N]` (int64)
+    /// added; `None` is the null class. An unconditional network refuses labels.
+    fn embed(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         match labels {
-            None => Ok(self.embed(t_in)),
+            None => Ok(self.time_embedding(t_in)),
             Some(_) => Err(Error::invalid(
                 "this network is not class-conditional: it takes no labels",
             )),
         }
     }
 
-    /// `f(x, t_in, y)`: the network with class labels (`None`: the null class).
-    fn forward_labels(
+    /// The plain network `f(x, t_in, y)`: class `labels` `[N]` for a class-conditional network
+    /// (`None`: the null class).
+    fn forward(
         &self,
         x: &Tensor,
         t_in: &Tensor,
         labels: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let emb = self.embed_labels(t_in, labels)?;
+        let emb = self.embed(t_in, labels)?;
         Ok(self.body(self.stem(x), &emb, train, &mut |_, h| h))
     }
 }
 
 pub use crate::denoiser::check_labels;
+
+/// What a variable of a model is for: how distillation and fine-tuning choose what to copy from
+/// another model, instead of matching name prefixes at the call site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The backbone's own weights (shared by a teacher and its students).
+    Backbone,
+    /// The class embedding of a class-conditional backbone (absent from its unconditional
+    /// version).
+    ClassEmbedding,
+    /// The operator's temporal layers (absent from a teacher).
+    TimeConv,
+}
 
 /// Which backbone, with its configuration (stored in every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +156,20 @@ impl ModelConfig {
             ModelConfig::Unet(c) => c.num_classes,
             ModelConfig::Mlp(_) => None,
             ModelConfig::Diffusers(c) => c.num_class_embeds,
+        }
+    }
+
+    /// The role of the backbone's variable `name` ([`Role::Backbone`] or
+    /// [`Role::ClassEmbedding`]); the operator adds [`Role::TimeConv`].
+    pub fn role(&self, name: &str) -> Role {
+        let class = match self {
+            ModelConfig::Unet(_) => unet::CLASS_EMBEDDING,
+            ModelConfig::Diffusers(_) => diffusers::CLASS_EMBEDDING,
+            ModelConfig::Mlp(_) => return Role::Backbone,
+        };
+        match name.strip_prefix(class) {
+            Some(rest) if rest.is_empty() || rest.starts_with('.') => Role::ClassEmbedding,
+            _ => Role::Backbone,
         }
     }
 

@@ -20,12 +20,16 @@
 //! ```
 //! The DSNO operator's TimeConv slots are the outputs of the non-resampling down blocks, of
 //! `mid` after its attention, and of every non-resampling up block.
+use super::blocks::{self, ConvSpec, Resample, Resnet, ResnetSpec};
 use super::embedding::TimeEmbedding;
 use super::{check, Backbone};
 use crate::error::{check_field, check_range};
 use crate::Result;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, nn::Module, Tensor};
+
+/// The variable path of a conditional U-Net's class embedding (`class_emb.weight`).
+pub const CLASS_EMBEDDING: &str = "class_emb";
 
 /// U-Net hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,14 +265,7 @@ impl UNetConfig {
     /// Parameter count, computed from the configuration alone.
     pub fn num_params(&self) -> u64 {
         let e = self.emb_dim();
-        let res_params = |i: i64, o: i64| -> i64 {
-            2 * i
-                + (i * o * 9 + o)
-                + (e * 2 * o + 2 * o)
-                + 2 * o
-                + (o * o * 9 + o)
-                + if i != o { i * o + o } else { 0 }
-        };
+        let res_params = |i: i64, o: i64| Resnet::num_params((i, o), e, true) as i64;
         let attn_params = |c: i64| -> i64 { 2 * c + (c * 3 * c + 3 * c) + (c * c + c) };
         let mut n = TimeEmbedding::num_params(self.channels, e) as i64;
         n += self.in_channels * self.channels * 9 + self.channels;
@@ -353,13 +350,6 @@ enum Path {
     Up,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resample {
-    None,
-    Down,
-    Up,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct BlockSpec {
     path: Path,
@@ -370,85 +360,33 @@ struct BlockSpec {
     attn: bool,
 }
 
+/// Group norm of dsno's U-Net: ε = 1e-6, the largest group count ≤ `groups` dividing `c`.
 fn group_norm(p: nn::Path, groups: i64, c: i64) -> nn::GroupNorm {
-    // the largest group count ≤ `groups` that divides c
-    let g = (1..=groups.min(c)).rev().find(|g| c % g == 0).unwrap_or(1);
-    nn::group_norm(
-        p,
-        g,
-        c,
-        nn::GroupNormConfig {
-            eps: 1e-6,
-            ..Default::default()
-        },
-    )
+    blocks::group_norm(p, blocks::dividing_groups(groups, c), c, 1e-6)
 }
 
+/// A stride-1 "same" convolution, zero-initialised if `zero`.
 fn conv(p: nn::Path, i: i64, o: i64, k: i64, zero: bool) -> nn::Conv2D {
-    let mut cfg = nn::ConvConfig {
-        padding: k / 2,
-        ..Default::default()
+    let s = ConvSpec::same(k);
+    blocks::conv(p, i, o, k, if zero { s.zero() } else { s })
+}
+
+/// The residual block of dsno's U-Net: FiLM conditioning, optional BigGAN-style resampling,
+/// variables `norm1`, `conv1`, `emb`, `norm2`, `conv2`, `skip`.
+fn res_block(p: nn::Path, spec: &BlockSpec, emb_dim: i64, groups: i64, dropout: f64) -> Resnet {
+    let rs = ResnetSpec {
+        groups,
+        eps: 1e-6,
+        emb_dim,
+        scale_shift: true,
+        zero_out: true,
+        dropout,
+        output_scale: 1.0,
+        resample: spec.resample,
+        emb_name: "emb",
+        skip_name: "skip",
     };
-    if zero {
-        cfg.ws_init = nn::Init::Const(0.0);
-    }
-    nn::conv2d(p, i, o, k, cfg)
-}
-
-/// A residual block with FiLM conditioning and optional BigGAN-style resampling.
-#[derive(Debug)]
-struct ResBlock {
-    norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    emb: nn::Linear,
-    norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    skip: Option<nn::Conv2D>,
-    resample: Resample,
-    dropout: f64,
-    out: i64,
-}
-
-impl ResBlock {
-    fn new(p: nn::Path, spec: &BlockSpec, emb_dim: i64, groups: i64, dropout: f64) -> Self {
-        let (i, o) = (spec.inp, spec.out);
-        ResBlock {
-            norm1: group_norm(&p / "norm1", groups, i),
-            conv1: conv(&p / "conv1", i, o, 3, false),
-            emb: nn::linear(&p / "emb", emb_dim, 2 * o, Default::default()),
-            norm2: group_norm(&p / "norm2", groups, o),
-            conv2: conv(&p / "conv2", o, o, 3, true),
-            skip: (i != o).then(|| conv(&p / "skip", i, o, 1, false)),
-            resample: spec.resample,
-            dropout,
-            out: o,
-        }
-    }
-
-    fn resample(&self, x: &Tensor) -> Tensor {
-        match self.resample {
-            Resample::None => x.shallow_clone(),
-            Resample::Down => x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>),
-            Resample::Up => {
-                let s = x.size();
-                x.upsample_nearest2d([s[2] * 2, s[3] * 2], Some(2.0), Some(2.0))
-            }
-        }
-    }
-
-    fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Tensor {
-        let h = self.norm1.forward(x).silu();
-        let (h, x) = (self.resample(&h), self.resample(x));
-        let h = self.conv1.forward(&h);
-        let ss = self.emb.forward(&emb.silu()).unsqueeze(-1).unsqueeze(-1);
-        let (scale, shift) = (ss.narrow(1, 0, self.out), ss.narrow(1, self.out, self.out));
-        let h = (self.norm2.forward(&h) * (scale + 1.0) + shift).silu();
-        let h = self.conv2.forward(&h.dropout(self.dropout, train));
-        match &self.skip {
-            Some(s) => s.forward(&x) + h,
-            None => x + h,
-        }
-    }
+    Resnet::new(p, (spec.inp, spec.out), &rs)
 }
 
 /// Multi-head self-attention over the pixels, with a residual connection.
@@ -482,20 +420,14 @@ impl Attention {
         let qkv = qkv
             .permute([1, 0, 2, 3, 4])
             .reshape([3, b * self.heads, d, hw]);
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let scale = 1.0 / (d as f64).sqrt().sqrt();
-        let w = (q * scale)
-            .transpose(1, 2)
-            .bmm(&(k * scale))
-            .softmax(-1, Kind::Float); // [BH, HW, HW]
-        let a = v.bmm(&w.transpose(1, 2)); // [BH, d, HW]
+        let a = blocks::attend(&qkv.get(0), &qkv.get(1), &qkv.get(2)); // [BH, d, HW]
         x + self.proj.forward(&a.reshape(s.as_slice()))
     }
 }
 
 #[derive(Debug)]
 struct Block {
-    res: ResBlock,
+    res: Resnet,
     attn: Option<Attention>,
     spec: BlockSpec,
 }
@@ -519,9 +451,9 @@ pub struct UNet {
     class_emb: Option<Tensor>,
     conv_in: nn::Conv2D,
     down: Vec<Block>,
-    mid_res0: ResBlock,
+    mid_res0: Resnet,
     mid_attn: Attention,
-    mid_res1: ResBlock,
+    mid_res1: Resnet,
     up: Vec<Block>,
     out_norm: nn::GroupNorm,
     out_conv: nn::Conv2D,
@@ -534,7 +466,7 @@ impl UNet {
         let e = cfg.emb_dim();
         let g = cfg.groups;
         let mk = |p: nn::Path, spec: BlockSpec| Block {
-            res: ResBlock::new(&p / "res", &spec, e, g, cfg.dropout),
+            res: res_block(&p / "res", &spec, e, g, cfg.dropout),
             attn: spec
                 .attn
                 .then(|| Attention::new(&p / "attn", spec.out, cfg.heads(spec.out), g)),
@@ -561,12 +493,12 @@ impl UNet {
             temb: TimeEmbedding::new(&(p / "temb"), cfg.channels, e),
             class_emb: cfg
                 .num_classes
-                .map(|k| (p / "class_emb").var("weight", &[k + 1, e], nn::Init::Const(0.0))),
+                .map(|k| (p / CLASS_EMBEDDING).var("weight", &[k + 1, e], nn::Init::Const(0.0))),
             conv_in: conv(p / "conv_in", cfg.in_channels, cfg.channels, 3, false),
             down,
-            mid_res0: ResBlock::new(p / "mid" / "res0", &mid, e, g, cfg.dropout),
+            mid_res0: res_block(p / "mid" / "res0", &mid, e, g, cfg.dropout),
             mid_attn: Attention::new(p / "mid" / "attn", mc, cfg.heads(mc), g),
-            mid_res1: ResBlock::new(p / "mid" / "res1", &mid, e, g, cfg.dropout),
+            mid_res1: res_block(p / "mid" / "res1", &mid, e, g, cfg.dropout),
             up,
             out_norm: group_norm(p / "out" / "norm", g, c0),
             out_conv: conv(p / "out" / "conv", c0, cfg.out_channels, 3, true),
@@ -579,7 +511,7 @@ impl UNet {
 }
 
 impl Backbone for UNet {
-    fn embed(&self, t_in: &Tensor) -> Tensor {
+    fn time_embedding(&self, t_in: &Tensor) -> Tensor {
         let e = self.temb.forward(t_in);
         match &self.class_emb {
             // the null class
@@ -592,9 +524,9 @@ impl Backbone for UNet {
         self.cfg.num_classes
     }
 
-    fn embed_labels(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+    fn embed(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         match (&self.class_emb, labels) {
-            (_, None) => Ok(self.embed(t_in)),
+            (_, None) => Ok(self.time_embedding(t_in)),
             (None, Some(_)) => Err(crate::Error::invalid(
                 "this U-Net is not class-conditional (model.num_classes): it takes no labels",
             )),
@@ -617,6 +549,8 @@ impl Backbone for UNet {
         train: bool,
         hook: &mut dyn FnMut(usize, Tensor) -> Tensor,
     ) -> Tensor {
+        // the residual blocks read the activated embedding
+        let emb = &emb.silu();
         let mut slot = 0;
         let mut hs = vec![h.shallow_clone()];
         let mut h = h;
@@ -667,7 +601,7 @@ impl Backbone for UNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     /// Multi-head attention against a per-head loop over the packed qkv channels.
     #[test]

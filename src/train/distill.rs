@@ -1,20 +1,16 @@
-//! Distillation of a teacher into a one-step generator, from a trajectory store.
-//!
-//! - DSNO (Zheng et al. 2023): the operator (teacher backbone + TimeConv, initialised from the
-//!   teacher) regresses the teacher's x̂ at all M output times:
-//!   `Σ_m w_m · L(pred_m, target_m) / M`, `w_m = clamp(exp(λ_m/2), 1, 1e4)`.
-//! - KD (Luhman & Luhman 2021): the same backbone without TimeConv, one output at t = 0,
-//!   regressing the final target only — same data, same budget, same initialisation, so the
-//!   comparison isolates what the trajectory and the temporal layers buy.
+//! Distillation of a teacher into a one-step generator, from a trajectory store: the student
+//! (the teacher's backbone, as the method's [`Architecture`], initialised from the teacher) is
+//! trained on the method's [`objective`](super::objective): DSNO, KD or any other registered one.
+use super::objective::{self, Batch, Objective, Spec};
 use super::{Run, RunOptions, StepLoss, Summary, TrainConfig};
 use crate::checkpoint::{self, CheckpointMeta, ModelKind};
 use crate::data::store::{load_store, Manifest, StoreBatch, StoreOrder, StreamingStore};
 use crate::device::{upload, upload_slice};
 use crate::error::{check_field, check_range};
 use crate::model::Teacher;
+use crate::nn::Role;
 pub use crate::operator::Method;
-use crate::operator::{Generator, OperatorConfig};
-use crate::schedule::Schedule;
+use crate::operator::{self, Architecture, Generator, OperatorConfig};
 use crate::schedule::{check_output_times, MAX_OUTPUT_TIMES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -92,6 +88,8 @@ impl DistillConfig {
 
     /// Checks every field against its documented range (docs/FORMATS.md §10).
     pub fn validate(&self) -> Result<()> {
+        objective::spec(&self.method)
+            .map_err(|e| Error::invalid(format!("field `method`: {e}")))?;
         check_range("modes", self.modes, 1, MAX_OUTPUT_TIMES as i64)?;
         if let Some(p) = self.dropout {
             check_field("dropout", p, (0.0..1.0).contains(&p), "in [0, 1)")?;
@@ -115,13 +113,7 @@ impl DistillConfig {
     }
 }
 
-/// `w_m = clamp(exp(λ_m/2), 1, 1e4)`.
-pub fn time_weights(lambdas: &[f64]) -> Vec<f64> {
-    lambdas
-        .iter()
-        .map(|l| (l / 2.0).exp().clamp(1.0, 1e4))
-        .collect()
-}
+pub use super::objective::dsno::time_weights;
 
 /// Checks that the store `m` was made by `teacher` (file hash, sample shape) with the wanted times.
 pub fn check_store(
@@ -132,7 +124,11 @@ pub fn check_store(
     times: Option<&[f64]>,
 ) -> Result<()> {
     let mpath = store_dir.join("manifest.json");
-    let hash = checkpoint::file_hash(teacher_path)?;
+    // stores made before teacher identities were SHA-256 record a 16-digit FNV hash
+    let hash = match m.teacher_hash.len() {
+        16 => checkpoint::legacy_file_hash(teacher_path)?,
+        _ => checkpoint::file_hash(teacher_path)?,
+    };
     if m.teacher_hash != hash {
         return Err(Error::file(
             &mpath,
@@ -167,99 +163,6 @@ pub fn check_store(
     Ok(())
 }
 
-/// The distillation objective: per-time regression losses `[B, M']`, weighted by `w_m` and
-/// averaged over the M' outputs the method trains (DSNO: all M; KD: the last).
-struct Objective {
-    loss: Regression,
-    /// The LPIPS network (frozen) for `Regression::Lpips`.
-    lpips: Option<crate::model::LoadedLpips>,
-    method: Method,
-    /// `w_m` `[M']` on the device.
-    weights: Tensor,
-    /// M, the store's output times.
-    times: i64,
-}
-
-impl Objective {
-    fn new(
-        cfg: &DistillConfig,
-        schedule: &Schedule,
-        times: &[f64],
-        device: Device,
-    ) -> Result<Self> {
-        let lambdas: Vec<f64> = times.iter().map(|&t| schedule.lambda(t)).collect();
-        let weights = match cfg.method {
-            Method::Dsno => Tensor::from_slice(
-                &time_weights(&lambdas)
-                    .iter()
-                    .map(|&x| x as f32)
-                    .collect::<Vec<_>>(),
-            )
-            .to_device(device),
-            Method::Kd => Tensor::ones([1], (Kind::Float, device)),
-        };
-        let lpips = match (&cfg.loss, &cfg.lpips_weights) {
-            (Regression::Lpips, Some(p)) => Some(crate::model::load_lpips(p, device)?),
-            _ => None,
-        };
-        Ok(Objective {
-            loss: cfg.loss,
-            lpips,
-            method: cfg.method,
-            weights,
-            times: times.len() as i64,
-        })
-    }
-
-    /// The targets the method trains on: all of `y` `[B, M, …]` (DSNO) or its last time (KD).
-    fn targets(&self, y: &Tensor) -> Tensor {
-        match self.method {
-            Method::Dsno => y.shallow_clone(),
-            Method::Kd => y.narrow(1, self.times - 1, 1),
-        }
-    }
-
-    /// Per-time mean losses `[B, M']` of `pred` against the store's targets `y`.
-    fn per_time(&self, pred: &Tensor, y: &Tensor) -> Tensor {
-        let target = self.targets(y);
-        if let Some(l) = &self.lpips {
-            let (b, m) = (pred.size()[0], pred.size()[1]);
-            let d = l.net.distance(&pred.flatten(0, 1), &target.flatten(0, 1));
-            return d.to_kind(Kind::Float).view([b, m]);
-        }
-        let d = pred - target;
-        let e = match self.loss {
-            Regression::L2 => d.square(),
-            Regression::L1 | Regression::Lpips => d.abs(),
-        };
-        let dims: Vec<i64> = (2..e.dim() as i64).collect();
-        e.mean_dim(dims.as_slice(), false, Kind::Float)
-    }
-
-    /// The weighted loss of a batch.
-    fn total(&self, per_time: &Tensor) -> Tensor {
-        (per_time * self.weights.unsqueeze(0))
-            .mean_dim(1, false, Kind::Float)
-            .mean(Kind::Float)
-    }
-
-    /// The weighted loss summed over a batch (for the validation mean).
-    fn sum(&self, per_time: &Tensor) -> f64 {
-        (per_time * self.weights.unsqueeze(0))
-            .sum(Kind::Double)
-            .double_value(&[])
-            / self.weights.size()[0] as f64
-    }
-
-    /// Log columns: the loss at each trained output time.
-    fn columns(&self, times: &[f64]) -> Vec<String> {
-        match self.method {
-            Method::Dsno => times.iter().map(|t| format!("loss_t{t}")).collect(),
-            Method::Kd => vec![format!("loss_t{}", times[times.len() - 1])],
-        }
-    }
-}
-
 /// Where the training batches come from: the whole store in memory on the device, or its shards
 /// read on demand; both visit the samples in the same [`StoreOrder`].
 enum Source {
@@ -277,18 +180,16 @@ enum Source {
 struct Split {
     source: Source,
     device: Device,
-    x_val: Tensor,
-    y_val: Tensor,
-    c_val: Option<Tensor>,
+    val: Batch,
 }
 
 /// A batch read from disk on the device as float32, copied without waiting for the device.
-fn on_device(b: StoreBatch, device: Device) -> (Tensor, Tensor, Option<Tensor>) {
-    (
-        upload(&b.x_t, device).to_kind(Kind::Float),
-        upload(&b.targets, device).to_kind(Kind::Float),
-        b.labels.map(|c| upload(&c, device)),
-    )
+fn on_device(b: StoreBatch, device: Device) -> Batch {
+    Batch {
+        x_t: upload(&b.x_t, device).to_kind(Kind::Float),
+        targets: upload(&b.targets, device).to_kind(Kind::Float),
+        labels: b.labels.map(|c| upload(&c, device)),
+    }
 }
 
 impl Split {
@@ -303,13 +204,11 @@ impl Split {
         let (batch, seed) = (cfg.train.batch_size, cfg.train.seed);
         if cfg.stream {
             let s = StreamingStore::open(dir, n, cfg.shuffle_shards, batch, seed)?;
-            let (x_val, y_val, c_val) = on_device(s.range(n, k)?, device);
+            let val = on_device(s.range(n, k)?, device);
             return Ok(Split {
                 source: Source::Stream(Box::new(s)),
                 device,
-                x_val,
-                y_val,
-                c_val,
+                val,
             });
         }
         let store = load_store(dir)?;
@@ -318,9 +217,11 @@ impl Split {
         let c = store.labels.as_ref().map(|c| c.to_device(device));
         let (n, v) = (n as i64, validation as i64);
         Ok(Split {
-            x_val: x.narrow(0, n, v),
-            y_val: y.narrow(0, n, v),
-            c_val: c.as_ref().map(|c| c.narrow(0, n, v)),
+            val: Batch {
+                x_t: x.narrow(0, n, v),
+                targets: y.narrow(0, n, v),
+                labels: c.as_ref().map(|c| c.narrow(0, n, v)),
+            },
             source: Source::Memory {
                 order: StoreOrder::new(n as usize, m.shard_size, cfg.shuffle_shards, batch, seed)?,
                 x: x.narrow(0, 0, n),
@@ -332,7 +233,7 @@ impl Split {
     }
 
     /// This rank's rows `part` of the training batch of step `step` on the device (float32).
-    fn batch(&self, step: u64, part: &Range<usize>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    fn batch(&self, step: u64, part: &Range<usize>) -> Result<Batch> {
         match &self.source {
             Source::Memory { x, y, c, order } => {
                 let rows: Vec<i64> = order.batch(step).0[part.clone()]
@@ -340,11 +241,11 @@ impl Split {
                     .map(|&i| i as i64)
                     .collect();
                 let ix = upload_slice(&rows, self.device);
-                Ok((
-                    x.index_select(0, &ix),
-                    y.index_select(0, &ix),
-                    c.as_ref().map(|c| c.index_select(0, &ix)),
-                ))
+                Ok(Batch {
+                    x_t: x.index_select(0, &ix),
+                    targets: y.index_select(0, &ix),
+                    labels: c.as_ref().map(|c| c.index_select(0, &ix)),
+                })
             }
             Source::Stream(s) => {
                 let b = s.batch(step)?;
@@ -362,8 +263,8 @@ impl Split {
     /// The mean weighted validation loss (NaN without validation data), in float32 whatever the
     /// run's precision, so that `train.patience` compares like with like across `--resume`s
     /// at other precisions.
-    fn validate(&self, net: &Generator, obj: &Objective, batch: usize) -> Result<f64> {
-        let nv = self.x_val.size()[0];
+    fn validate(&self, net: &Generator, obj: &dyn Objective, batch: usize) -> Result<f64> {
+        let nv = self.val.x_t.size()[0];
         if nv == 0 {
             return Ok(f64::NAN);
         }
@@ -373,9 +274,13 @@ impl Split {
         let mut total = 0.0;
         for i in (0..nv).step_by(vb as usize) {
             let n = vb.min(nv - i);
-            let c = self.c_val.as_ref().map(|c| c.narrow(0, i, n));
-            let pred = net.forward_labels(&self.x_val.narrow(0, i, n), c.as_ref(), false)?;
-            total += obj.sum(&obj.per_time(&pred, &self.y_val.narrow(0, i, n)));
+            let b = Batch {
+                x_t: self.val.x_t.narrow(0, i, n),
+                targets: self.val.targets.narrow(0, i, n),
+                labels: self.val.labels.as_ref().map(|c| c.narrow(0, i, n)),
+            };
+            let pred = net.forward(&b.x_t, b.labels.as_ref(), false)?;
+            total += objective::sum(obj, &obj.per_output(&pred, &b)?);
         }
         Ok(total / nv as f64)
     }
@@ -405,25 +310,22 @@ fn check_labels(m: &Manifest, store_dir: &Path, teacher: &Teacher) -> Result<()>
     }
 }
 
-/// Starts the student from a one-step generator's weights (`--init`): a DSNO or KD checkpoint
-/// of the same method, output times and backbone, or of the backbone's unconditional version
-/// (its class embedding then stays the teacher's).
-fn init_from(vs: &nn::VarStore, path: &Path, method: Method, oc: &OperatorConfig) -> Result<()> {
+/// Starts the student from a one-step generator's weights (`--init`): a checkpoint of the same
+/// method, output times and backbone, or of the backbone's unconditional version (its class
+/// embedding then stays the teacher's).
+fn init_from(vs: &nn::VarStore, path: &Path, spec: &Spec, oc: &OperatorConfig) -> Result<()> {
     let ck = checkpoint::load(path)?;
-    let kind = match method {
-        Method::Dsno => ModelKind::Dsno,
-        Method::Kd => ModelKind::Kd,
-    };
-    if ck.meta.kind != kind {
+    let method = &spec.method;
+    if ck.meta.kind != ModelKind::Student(method.clone()) {
         return Err(Error::file(
             path,
             format!(
-                "initial weights for {method} must come from a {method} model, this is a {:?} checkpoint",
+                "initial weights for {method} must come from a {method} model, this is a {} checkpoint",
                 ck.meta.kind
             ),
         ));
     }
-    if method == Method::Dsno
+    if spec.architecture == Architecture::Operator
         && (ck.meta.times.as_deref() != Some(&oc.times[..]) || ck.meta.modes != Some(oc.modes))
     {
         return Err(Error::file(
@@ -441,7 +343,7 @@ fn init_from(vs: &nn::VarStore, path: &Path, method: Method, oc: &OperatorConfig
         return ck.load_into(vs, "", path);
     }
     if a.num_classes().is_none() && b.num_classes().is_some() && a == b.unconditional() {
-        return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
+        return ck.load_into_filtered(vs, "", path, |n| b.role(n) != Role::ClassEmbedding);
     }
     Err(Error::file(
         path,
@@ -460,6 +362,7 @@ pub fn distill(
     run: &RunOptions,
 ) -> Result<Summary> {
     let device = run.device;
+    let spec = objective::spec(&cfg.method)?;
     let teacher = Teacher::load(teacher_path, Device::Cpu)?;
     let manifest = Manifest::load(store_dir)?;
     let m = &manifest;
@@ -478,12 +381,20 @@ pub fn distill(
         times: m.times.clone(),
         modes: cfg.modes,
     };
-    let student = Generator::new(&vs.root(), cfg.method, &oc, schedule)?;
+    let student = Generator::new(
+        &vs.root(),
+        cfg.method.clone(),
+        spec.architecture,
+        &oc,
+        schedule,
+    )?;
     // initialise the backbone from the teacher; TimeConv layers stay as initialised
     let ck = checkpoint::load(teacher_path)?;
-    ck.load_into_filtered(&vs, "", teacher_path, |n| !n.starts_with("timeconv."))?;
+    ck.load_into_filtered(&vs, "", teacher_path, |n| {
+        operator::role(&model, n) != Role::TimeConv
+    })?;
     if let (Some(p), false) = (init, run.resume) {
-        init_from(&vs, p, cfg.method, &oc)?;
+        init_from(&vs, p, spec, &oc)?;
     }
 
     if cfg.loss == Regression::Lpips {
@@ -494,39 +405,47 @@ pub fn distill(
             )));
         }
     }
-    let obj = Objective::new(cfg, &schedule, &m.times, device)?;
+    let on_device = match spec.needs.teacher {
+        true => Some(Teacher::load(teacher_path, device)?),
+        false => None,
+    };
+    let obj = (spec.build)(&objective::Context {
+        cfg,
+        schedule: &schedule,
+        times: &m.times,
+        device,
+        teacher: on_device.as_ref(),
+    })?;
     let meta = CheckpointMeta {
-        kind: match cfg.method {
-            Method::Dsno => ModelKind::Dsno,
-            Method::Kd => ModelKind::Kd,
-        },
+        kind: ModelKind::Student(cfg.method.clone()),
         model,
         schedule,
         step: 0,
         dataset: teacher.meta.dataset.clone(),
         times: Some(m.times.clone()),
-        modes: (cfg.method == Method::Dsno).then_some(cfg.modes),
+        modes: (spec.architecture == Architecture::Operator).then_some(cfg.modes),
         train: Some(serde_json::json!({ "distill": cfg, "store": m })),
         prediction: Default::default(),
         source: None,
     };
-    let mut extra_columns = obj.columns(&m.times);
+    let mut extra_columns = obj.columns();
     extra_columns.push("val_loss".into());
     let mut r = Run::new(&vs, &cfg.train, run, meta, extra_columns);
     r.monitor = Some("val_loss".into());
     let log_every = cfg.train.log_every.max(1);
     let part = run.comm.part(cfg.train.batch_size)?;
     r.run(run.resume, |step| {
-        let (x, y, c) = data.batch(step, &part)?;
-        let pt = obj.per_time(&student.forward_labels(&x, c.as_ref(), true)?, &y); // [B, M']
+        let b = data.batch(step, &part)?;
+        let out = student.forward(&b.x_t, b.labels.as_ref(), true)?;
+        let pt = obj.per_output(&out, &b)?; // [B, M']
         let log_now = (step + 1) % log_every == 0 || step + 1 == cfg.train.steps;
         let val = if log_now && cfg.validation > 0 {
-            data.validate(&student, &obj, cfg.train.batch_size)?
+            data.validate(&student, obj.as_ref(), cfg.train.batch_size)?
         } else {
             f64::NAN
         };
         Ok(StepLoss {
-            loss: obj.total(&pt),
+            loss: objective::total(obj.as_ref(), &pt),
             extra: vec![
                 pt.mean_dim(0, false, Kind::Float).detach(),
                 Tensor::full([1], val, (Kind::Double, device)),

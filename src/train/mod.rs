@@ -4,6 +4,7 @@
 //! generation ([`trajectories`]) and the metrics' feature classifier ([`classifier`]).
 pub mod classifier;
 pub mod distill;
+pub mod objective;
 pub mod optim;
 pub mod teacher;
 pub mod trajectories;
@@ -572,6 +573,10 @@ impl<'a> Run<'a> {
     }
 
     /// The steps of [`Run::run`]; `saved` is the step of the last checkpoint on disk.
+    ///
+    /// Each step runs the objective and the optimiser without reading the device
+    /// ([`Tally`]); the host reads it only at a boundary ([`Run::boundary`]: a log row, a
+    /// checkpoint or a stop).
     fn steps(
         &self,
         resume: bool,
@@ -592,63 +597,36 @@ impl<'a> Run<'a> {
         // every rank starts from rank 0's weights
         comm.broadcast_vars(self.vs, 0)?;
         let mut adam = Adam::new(params, cfg.beta1, cfg.beta2, cfg.eps);
-        let start = if resume {
-            if !self.files.checkpoint().exists() {
-                return Err(Error::file(
-                    self.files.checkpoint(),
-                    "resuming was asked for, but there is no checkpoint to resume",
-                ));
-            }
-            let step = self.restore(&mut adam)?;
-            adam.broadcast(comm, 0)?;
-            *saved = Some(step);
-            step
-        } else {
-            0
+        let start = self.start(resume, &mut adam, saved)?;
+        let mut at = Boundary {
+            log: match comm.is_main() {
+                true => Some(CsvLog::open(
+                    &self.files.log(),
+                    &self.extra_columns,
+                    start,
+                    resume,
+                )?),
+                false => None,
+            },
+            monitor: self
+                .monitor
+                .as_ref()
+                .and_then(|m| self.extra_columns.iter().position(|c| c == m)),
+            plateau: Plateau::new(cfg.patience, cfg.min_delta),
+            bar: progress::steps(self.progress, start, cfg.steps),
+            window: (Instant::now(), 0),
+            last_loss: f64::NAN,
+            start,
+            t0: Instant::now(),
         };
-        let mut log = match comm.is_main() {
-            true => Some(CsvLog::open(
-                &self.files.log(),
-                &self.extra_columns,
-                start,
-                resume,
-            )?),
-            false => None,
-        };
-        let monitor = self
-            .monitor
-            .as_ref()
-            .and_then(|m| self.extra_columns.iter().position(|c| c == m));
-        let mut plateau = Plateau::new(cfg.patience, cfg.min_delta);
-        if let (Some(i), true) = (monitor, resume) {
-            // the validations before the checkpoint, as the log holds them
-            let mut done = false;
-            for v in log_column(&self.files.log(), 5 + i, start) {
-                done = plateau.observe(v);
-            }
-            if done {
-                // it had stopped improving before: nothing more to train
-                comm.barrier()?;
-                return Ok(Summary {
-                    start_step: start,
-                    end_step: start,
-                    last_loss: f64::NAN,
-                    seconds: 0.0,
-                    stopped: None,
-                    plateaued: true,
-                });
-            }
+        if resume && self.replay_validations(&mut at) {
+            // it had stopped improving before: nothing more to train
+            at.bar.finish_and_clear();
+            comm.barrier()?;
+            return Ok(at.summary(start, None, true));
         }
-        let bar = progress::steps(self.progress, start, cfg.steps);
-        let t0 = Instant::now();
-        let mut window = (Instant::now(), 0usize);
-        let mut last_loss = f64::NAN;
         let device = self.vs.device();
-        // the host reads the step's values only at a log row, a checkpoint or a stop, so the
-        // device runs ahead of it in between; a non-finite loss is remembered on the device (the
-        // first step that had one) and reported at the next of those points, before any write
-        let mut first_bad = Tensor::full([1], -1i64, (Kind::Int64, device));
-        let mut bad_loss = Tensor::zeros([1], (Kind::Double, device));
+        let mut tally = Tally::new(device);
         for step in start..cfg.steps {
             tch::manual_seed(step_seed(cfg.seed, step));
             let StepLoss { loss, extra } = {
@@ -665,79 +643,30 @@ impl<'a> Run<'a> {
             row.extend(extra.iter().map(|e| e.reshape([-1]).to_kind(Kind::Double)));
             let mut row = Tensor::cat(&row, 0);
             comm.all_reduce_mean_(&mut row)?;
-            let bad = row
-                .narrow(0, 0, 1)
-                .isfinite()
-                .logical_not()
-                .logical_and(&first_bad.lt(0));
-            let good = bad.logical_not();
-            first_bad = first_bad.where_self(&good, &first_bad.full_like(step as i64));
-            bad_loss = bad_loss.where_self(&good, &row.narrow(0, 0, 1));
+            tally.record(&row, step);
             adam.zero_grad();
             loss.backward();
             let lr = learning_rate(cfg.lr, cfg.warmup, &cfg.lr_halve_at, step);
             let decay = ema_decay(cfg.ema_decay, step);
             let gnorm = adam.step(lr, step + 1, cfg.grad_clip, decay, comm)?;
-            window.1 += self.samples_per_step;
-            let done = step + 1;
+            at.window.1 += self.samples_per_step;
             let stop = match comm.world_size() {
                 1 => stop_requested(),
                 // one read per step, for the ranks to agree on stopping
                 _ => (row.double_value(&[1]) > 0.0).then(|| stop_requested().unwrap_or(15)),
             };
-            let log_now = done % cfg.log_every.max(1) == 0 || done == cfg.steps;
-            let save_now = done % cfg.checkpoint_every.max(1) == 0 || done == cfg.steps;
-            if !(log_now || save_now || stop.is_some()) {
-                bar.inc(1);
-                continue;
-            }
-            let bad = first_bad.int64_value(&[0]);
-            if bad >= 0 {
-                bar.abandon();
-                let v = bad_loss.double_value(&[0]);
-                return Err(self.non_finite(v, bad as u64, *saved));
-            }
-            let host = Vec::<f64>::try_from(&row.to_device(tch::Device::Cpu))?;
-            let (lv, extra) = (host[0], &host[2..]);
-            last_loss = lv;
-            let mut plateaued = false;
-            if log_now {
-                let gnorm = gnorm.double_value(&[]);
-                let rate = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
-                window = (Instant::now(), 0);
-                if let Some(log) = &mut log {
-                    log.row(done, lv, lr, gnorm, rate, extra)?;
-                }
-                bar.set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
-                plateaued = monitor.is_some_and(|i| plateau.observe(extra[i]));
-            }
-            if plateaued {
-                bar.set_message(format!(
-                    "validation loss {:.4e} not improved in {} validations",
-                    plateau.best(),
-                    plateau.waited
-                ));
-            }
-            let stop_now = stop.is_some() || plateaued;
-            if save_now || stop_now {
-                self.save(done, &adam)?;
-                *saved = Some(done);
-            }
-            bar.inc(1);
-            if stop_now {
-                bar.abandon();
-                comm.barrier()?;
-                return Ok(Summary {
-                    start_step: start,
-                    end_step: done,
-                    last_loss,
-                    seconds: t0.elapsed().as_secs_f64(),
-                    stopped: stop,
-                    plateaued,
-                });
+            let reached = Reached {
+                done: step + 1,
+                row: &row,
+                lr,
+                gnorm: &gnorm,
+                stop,
+            };
+            if let Some(end) = self.boundary(&mut at, &reached, &tally, &adam, saved)? {
+                return Ok(end);
             }
         }
-        bar.finish();
+        at.bar.finish();
         if start >= cfg.steps {
             // nothing to do, but make sure the model file exists
             self.save(start, &adam)?;
@@ -745,14 +674,171 @@ impl<'a> Run<'a> {
         }
         // the ranks leave together, after rank 0's last checkpoint
         comm.barrier()?;
-        Ok(Summary {
-            start_step: start,
-            end_step: cfg.steps.max(start),
-            last_loss,
-            seconds: t0.elapsed().as_secs_f64(),
-            stopped: None,
-            plateaued: false,
-        })
+        Ok(at.summary(cfg.steps.max(start), None, false))
+    }
+
+    /// The step to start from: 0, or the checkpoint's step on resume (the optimiser's state
+    /// restored and given to every rank).
+    fn start(&self, resume: bool, adam: &mut Adam, saved: &mut Option<u64>) -> Result<u64> {
+        if !resume {
+            return Ok(0);
+        }
+        if !self.files.checkpoint().exists() {
+            return Err(Error::file(
+                self.files.checkpoint(),
+                "resuming was asked for, but there is no checkpoint to resume",
+            ));
+        }
+        let step = self.restore(adam)?;
+        adam.broadcast(&self.comm, 0)?;
+        *saved = Some(step);
+        Ok(step)
+    }
+
+    /// Early stopping on resume: the monitored validations before the checkpoint, as the log
+    /// holds them, fed to the plateau; true when it had stopped improving before.
+    fn replay_validations(&self, at: &mut Boundary) -> bool {
+        let Some(i) = at.monitor else {
+            return false;
+        };
+        let mut done = false;
+        for v in log_column(&self.files.log(), CsvLog::COLUMNS.len() + i, at.start) {
+            done = at.plateau.observe(v);
+        }
+        done
+    }
+
+    /// What happens after a step: at a log row, a checkpoint or a stop, the host reads the
+    /// device (a non-finite loss since the last boundary fails the run before anything is
+    /// written), logs, watches the plateau, saves; `Some` when the run ends here.
+    fn boundary(
+        &self,
+        at: &mut Boundary,
+        r: &Reached,
+        tally: &Tally,
+        adam: &Adam,
+        saved: &mut Option<u64>,
+    ) -> Result<Option<Summary>> {
+        let cfg = self.train;
+        let done = r.done;
+        let log_now = done.is_multiple_of(cfg.log_every.max(1)) || done == cfg.steps;
+        let save_now = done.is_multiple_of(cfg.checkpoint_every.max(1)) || done == cfg.steps;
+        if !(log_now || save_now || r.stop.is_some()) {
+            at.bar.inc(1);
+            return Ok(None);
+        }
+        if let Some((step, v)) = tally.first_non_finite() {
+            at.bar.abandon();
+            return Err(self.non_finite(v, step, *saved));
+        }
+        let host = Vec::<f64>::try_from(&r.row.to_device(tch::Device::Cpu))?;
+        let (lv, extra) = (host[0], &host[2..]);
+        at.last_loss = lv;
+        let mut plateaued = false;
+        if log_now {
+            let gnorm = r.gnorm.double_value(&[]);
+            let rate = at.window.1 as f64 / at.window.0.elapsed().as_secs_f64().max(1e-9);
+            at.window = (Instant::now(), 0);
+            if let Some(log) = &mut at.log {
+                log.row(done, lv, r.lr, gnorm, rate, extra)?;
+            }
+            at.bar
+                .set_message(format!("loss {lv:.4} | {rate:.0} samples/s"));
+            plateaued = at.monitor.is_some_and(|i| at.plateau.observe(extra[i]));
+        }
+        if plateaued {
+            at.bar.set_message(format!(
+                "validation loss {:.4e} not improved in {} validations",
+                at.plateau.best(),
+                at.plateau.waited
+            ));
+        }
+        let stop_now = r.stop.is_some() || plateaued;
+        if save_now || stop_now {
+            self.save(done, adam)?;
+            *saved = Some(done);
+        }
+        at.bar.inc(1);
+        if !stop_now {
+            return Ok(None);
+        }
+        at.bar.abandon();
+        self.comm.barrier()?;
+        Ok(Some(at.summary(done, r.stop, plateaued)))
+    }
+}
+
+/// The state of a run's boundaries (log, plateau, progress, throughput window).
+struct Boundary {
+    log: Option<CsvLog>,
+    /// The extra column the plateau watches.
+    monitor: Option<usize>,
+    plateau: Plateau,
+    bar: indicatif::ProgressBar,
+    /// Since the last log row: (its time, samples trained).
+    window: (Instant, usize),
+    last_loss: f64,
+    start: u64,
+    t0: Instant,
+}
+
+impl Boundary {
+    fn summary(&self, end_step: u64, stopped: Option<i32>, plateaued: bool) -> Summary {
+        Summary {
+            start_step: self.start,
+            end_step,
+            last_loss: self.last_loss,
+            seconds: self.t0.elapsed().as_secs_f64(),
+            stopped,
+            plateaued,
+        }
+    }
+}
+
+/// What a step left for its boundary.
+struct Reached<'a> {
+    /// Steps done.
+    done: u64,
+    /// The rank-averaged row: loss, stop request, extra columns (on the device).
+    row: &'a Tensor,
+    lr: f64,
+    gnorm: &'a Tensor,
+    stop: Option<i32>,
+}
+
+/// A non-finite loss remembered on the device without reading it: the first step that had one
+/// and its value.
+struct Tally {
+    first_bad: Tensor,
+    bad_loss: Tensor,
+}
+
+impl Tally {
+    fn new(device: tch::Device) -> Self {
+        Tally {
+            first_bad: Tensor::full([1], -1i64, (Kind::Int64, device)),
+            bad_loss: Tensor::zeros([1], (Kind::Double, device)),
+        }
+    }
+
+    /// Notes the loss (the row's first value) of `step`, on the device.
+    fn record(&mut self, row: &Tensor, step: u64) {
+        let bad = row
+            .narrow(0, 0, 1)
+            .isfinite()
+            .logical_not()
+            .logical_and(&self.first_bad.lt(0));
+        let good = bad.logical_not();
+        self.first_bad = self
+            .first_bad
+            .where_self(&good, &self.first_bad.full_like(step as i64));
+        self.bad_loss = self.bad_loss.where_self(&good, &row.narrow(0, 0, 1));
+    }
+
+    /// The first step with a non-finite loss and that loss (reads the device).
+    fn first_non_finite(&self) -> Option<(u64, f64)> {
+        let bad = self.first_bad.int64_value(&[0]);
+        (bad >= 0).then(|| (bad as u64, self.bad_loss.double_value(&[0])))
     }
 }
 
@@ -802,11 +888,16 @@ struct CsvLog {
 }
 
 impl CsvLog {
+    /// The columns of every row before the objective's own (those of [`CsvLog::row`]).
+    const COLUMNS: [&'static str; 5] = ["step", "loss", "lr", "grad_norm", "samples_per_s"];
+
     fn open(path: &Path, extra: &[String], start: u64, resume: bool) -> Result<Self> {
-        let header = format!(
-            "step,loss,lr,grad_norm,samples_per_s{}",
-            extra.iter().map(|c| format!(",{c}")).collect::<String>()
-        );
+        let header = Self::COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(extra.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut lines = vec![header];
         if resume {
             if let Ok(text) = std::fs::read_to_string(path) {

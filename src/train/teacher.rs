@@ -337,7 +337,7 @@ pub fn train_labeled(
             mine(&w),
         );
         let y = y.as_ref().map(mine);
-        let out = net.forward_labels(&z, &t_in, y.as_ref(), true)?;
+        let out = net.forward(&z, &t_in, y.as_ref(), true)?;
         let x_hat = x_hat_of(cfg.prediction, out, &z, &a, &s);
         let dims: Vec<i64> = (1..x.dim() as i64).collect();
         let mse = (x_hat - &x)
@@ -375,7 +375,7 @@ fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> 
         return Err(Error::file(
             path,
             format!(
-                "initial weights must come from a teacher, this is a {:?} checkpoint",
+                "initial weights must come from a teacher, this is a {} checkpoint",
                 ck.meta.kind
             ),
         ));
@@ -388,7 +388,9 @@ fn init_from(cfg: &TeacherConfig, vs: &nn::VarStore, path: &Path) -> Result<()> 
         return ck.load_into(vs, "", path);
     }
     if theirs.num_classes().is_none() && mine.unconditional() == theirs {
-        return ck.load_into_filtered(vs, "", path, |n| !n.starts_with("class_emb"));
+        return ck.load_into_filtered(vs, "", path, |n| {
+            cfg.model.role(n) != crate::nn::Role::ClassEmbedding
+        });
     }
     Err(Error::file(
         path,

@@ -45,7 +45,7 @@ pub struct GenerateOptions {
     pub class: Option<usize>,
     /// A class-conditional teacher: the classifier-free guidance scale w (None: 1, the
     /// conditional model).
-    pub guidance: Option<f64>,
+    pub guidance: Option<crate::denoiser::Guidance>,
     pub progress: bool,
     /// A data-parallel group: rank r of W makes the shards j ≡ k + n·r (mod n·W) of its `part`
     /// (k, n); rank 0 writes the manifest, the others wait for it, and every rank returns the
@@ -208,7 +208,7 @@ fn generate_into(
         dtype: if o.fp16 { "f16".into() } else { "f32".into() },
         num_classes: classes,
         class: o.class,
-        guidance: classes.map(|_| o.guidance.unwrap_or(1.0)),
+        guidance: classes.map(|_| o.guidance.unwrap_or_default()),
     };
     manifest.validate()?;
     if comm.is_main() {
@@ -280,8 +280,8 @@ fn generate_into(
                 let guided = match &labels {
                     Some(y) => {
                         let y = y.narrow(0, (items.start as usize - lo) as i64, x_t.size()[0]);
-                        let w = manifest.guidance.unwrap_or(1.0);
-                        Some(Guided::new(teacher, y.to_device(x_t.device()), w)?)
+                        let w = manifest.guidance.unwrap_or_default();
+                        Some(Guided::new(teacher, y.to_device(x_t.device()), w))
                     }
                     None => None,
                 };

@@ -19,8 +19,8 @@ pub struct Args {
     /// TOML config (configs/distill-*.toml).
     #[arg(long)]
     config: PathBuf,
-    /// Overrides the config's method.
-    #[arg(long, value_enum)]
+    /// Overrides the config's method (the methods registered in `train::objective`).
+    #[arg(long, value_parser = method_parser())]
     method: Option<Method>,
     /// Start from this DSNO or KD model's weights instead of the teacher's (same method, times
     /// and backbone, or the backbone's unconditional version: e.g. the unconditional DSNO for a
@@ -59,4 +59,11 @@ pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
         &a.run.options(device, comm),
     )?;
     Ok(a.run.report(&s, comm))
+}
+
+/// The registered methods' names, for `--method`.
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(dsno::train::objective::names())
+        .try_map(|s| Method::new(&s))
 }

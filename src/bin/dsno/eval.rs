@@ -2,11 +2,12 @@
 use crate::common::{data_dir, describe};
 use anyhow::{bail, Context, Result};
 use dsno::data::{idx, to_unit_range};
-use dsno::eval::{evaluate, write_report, EvalInputs, EvalOptions, InceptionInputs, Targets};
+use dsno::eval::{
+    evaluate, write_report, Baseline, EvalInputs, EvalOptions, InceptionInputs, Student, Targets,
+};
 use dsno::metrics::fid::FidStats;
 use dsno::model::{self, OneStep, Teacher};
 use dsno::nn::inception::Inception;
-use dsno::solver::Grid;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -21,12 +22,16 @@ pub struct Args {
     /// Teacher checkpoint.
     #[arg(long)]
     teacher: PathBuf,
-    /// DSNO checkpoint.
+    /// A DSNO model (a student named DSNO; its row follows --kd's).
     #[arg(long)]
     dsno: Option<PathBuf>,
-    /// KD checkpoint.
+    /// A KD model (a student named KD).
     #[arg(long)]
     kd: Option<PathBuf>,
+    /// A one-step model of any method, `[NAME=]FILE`, repeatable: one row each, after --kd and
+    /// --dsno, named NAME (default: its method, e.g. DSNO, else the file's stem).
+    #[arg(long, value_name = "[NAME=]FILE")]
+    student: Vec<String>,
     /// Feature classifier (`dsno train-classifier`); default: the bundled one of the teacher's
     /// data set.
     #[arg(long)]
@@ -43,23 +48,16 @@ pub struct Args {
     /// Steps of the reference DPM-Solver++(2M) solve.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     reference_steps: u64,
-    /// DDIM step counts, comma-separated ("" for none).
-    #[arg(long, default_value = "1,2,4,10,20", value_parser = parse_steps)]
-    ddim: Steps,
-    /// DPM-Solver++(2M) step counts, comma-separated ("" for none).
-    #[arg(long, default_value = "2,4,10,20", value_parser = parse_steps)]
-    dpm: Steps,
-    /// Step grid of the DDIM rows.
-    #[arg(long, value_enum, default_value = "default")]
-    ddim_grid: Grid,
-    /// Step grid of the DPM-Solver++ rows (uniform: the best of the four at 2–20 steps on the
-    /// MNIST teacher, docs/RESULTS.md §8).
-    #[arg(long, value_enum, default_value = "uniform")]
-    dpm_grid: Grid,
-    /// Target: the largest acceptable DSNO@1 FD / teacher FD.
+    /// The teacher's few-step rows, `SOLVER[:GRID]@STEPS[,STEPS…]`, repeatable, in order (e.g.
+    /// `--baseline heun:logsnr@5,10`); `none` for none. Default: `ddim@1,2,4,10,20` and
+    /// `dpmpp2m:uniform@2,4,10,20` (each solver's best grid on the MNIST teacher,
+    /// docs/RESULTS.md §8).
+    #[arg(long, value_name = "SOLVER[:GRID]@STEPS", value_parser = parse_baseline)]
+    baseline: Vec<Baselines>,
+    /// Target: the largest acceptable one-step FD / teacher FD.
     #[arg(long, default_value_t = 1.3)]
     target_fd_ratio: f64,
-    /// Target: the largest acceptable DSNO@1 / DPM-Solver++(2M)@10 wall time.
+    /// Target: the largest acceptable one-step / DPM-Solver++(2M)@10 wall time.
     #[arg(long, default_value_t = 0.5)]
     target_wall_ratio: f64,
     /// Add an Inception FID column (`dsno data fetch inception` first): against --inception-ref,
@@ -73,8 +71,8 @@ pub struct Args {
     net: crate::fid::NetArgs,
     /// Classifier-free guidance scale w of the teacher's rows, for a class-conditional teacher
     /// (1: the conditional model; 0: the unconditional one).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    guidance: f64,
+    #[arg(long, default_value = "1", allow_negative_numbers = true)]
+    guidance: dsno::denoiser::Guidance,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
@@ -107,9 +105,34 @@ fn inception(
     Ok(Some((net, stats, name)))
 }
 
-fn one_step(path: &Option<PathBuf>, device: Device) -> Result<Option<(OneStep, String)>> {
-    let load = |p: &PathBuf| Ok((OneStep::load(p, device)?, p.display().to_string()));
-    path.as_ref().map(load).transpose()
+/// The one-step models of --kd, --dsno and --student, in that order: (model, name, file).
+fn students(a: &Args, device: Device) -> Result<Vec<(OneStep, String, String)>> {
+    let mut given: Vec<(Option<String>, PathBuf)> = vec![];
+    given.extend(a.kd.iter().map(|p| (Some("KD".into()), p.clone())));
+    given.extend(a.dsno.iter().map(|p| (Some("DSNO".into()), p.clone())));
+    for s in &a.student {
+        given.push(match s.split_once('=') {
+            Some((n, f)) if !n.is_empty() && !n.contains('/') => (Some(n.into()), f.into()),
+            _ => (None, s.into()),
+        });
+    }
+    let mut out: Vec<(OneStep, String, String)> = vec![];
+    for (name, p) in given {
+        let m = OneStep::load(&p, device)?;
+        let taken = |n: &str| out.iter().any(|(_, o, _)| o == n);
+        let name = match name {
+            Some(n) => n,
+            None if !taken(&m.net.method().to_string()) => m.net.method().to_string(),
+            None => p
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into()),
+        };
+        if taken(&name) {
+            bail!("two students are named {name}: name them with --student NAME=FILE");
+        }
+        out.push((m, name, p.display().to_string()));
+    }
+    Ok(out)
 }
 
 fn classifier(
@@ -148,18 +171,36 @@ fn real(dir: &Path, split: idx::Split, labels: bool) -> Result<(tch::Tensor, Opt
     Ok((images, labels))
 }
 
+fn as_students(v: &[(OneStep, String, String)]) -> Vec<Student<'_>> {
+    v.iter()
+        .map(|(model, name, file)| Student {
+            model,
+            name: name.clone(),
+            file: file.clone(),
+        })
+        .collect()
+}
+
 /// Refuses an output folder that would destroy an input, before anything is loaded.
 fn check_io(a: &Args) -> Result<()> {
     crate::common::check_io(
         &[
-            ("--teacher", Some(&a.teacher)),
+            ("--teacher", Some(a.teacher.as_path())),
             ("--dsno", a.dsno.as_deref()),
             ("--kd", a.kd.as_deref()),
+        ]
+        .into_iter()
+        .chain(a.student.iter().map(|s| {
+            let f = s.split_once('=').map_or(s.as_str(), |(_, f)| f);
+            ("--student", Some(Path::new(f)))
+        }))
+        .chain([
             ("--classifier", a.classifier.as_deref()),
             ("--data", a.data.as_deref()),
             ("--inception-ref", a.inception_ref.as_deref()),
-        ],
-        &[("--out", Some(&a.out))],
+        ])
+        .collect::<Vec<_>>(),
+        &[("--out", Some(a.out.as_path()))],
         &["--out"],
     )
 }
@@ -180,7 +221,7 @@ pub fn run(a: Args, device: Device) -> Result<ExitCode> {
 
 fn evaluate_into(a: &Args, device: Device) -> Result<ExitCode> {
     let teacher = Teacher::load(&a.teacher, device)?;
-    let (dsno_m, kd_m) = (one_step(&a.dsno, device)?, one_step(&a.kd, device)?);
+    let students = students(a, device)?;
     let (cls, cls_name) = classifier(a, &teacher.meta.dataset, device)?;
     let dir = data_dir(a.data.as_deref(), &teacher.meta.dataset)?;
     let [train, test] = [idx::Split::Train, idx::Split::Test]
@@ -190,8 +231,7 @@ fn evaluate_into(a: &Args, device: Device) -> Result<ExitCode> {
     let inputs = EvalInputs {
         teacher: &teacher,
         teacher_name: a.teacher.display().to_string(),
-        dsno: dsno_m.as_ref().map(|(m, n)| (m, n.clone())),
-        kd: kd_m.as_ref().map(|(m, n)| (m, n.clone())),
+        students: as_students(&students),
         classifier: &cls.net,
         classifier_name: cls_name,
         train_images,
@@ -226,10 +266,10 @@ fn options(a: &Args) -> EvalOptions {
         batch: a.batch as usize,
         seed: a.seed,
         reference_steps: a.reference_steps as usize,
-        ddim_steps: a.ddim.0.clone(),
-        dpm_steps: a.dpm.0.clone(),
-        ddim_grid: a.ddim_grid,
-        dpm_grid: a.dpm_grid,
+        baselines: match a.baseline.is_empty() {
+            true => Baseline::defaults(),
+            false => a.baseline.iter().flat_map(|b| b.0.clone()).collect(),
+        },
         targets: Some(Targets {
             fd_ratio: a.target_fd_ratio,
             wall_ratio: a.target_wall_ratio,
@@ -239,19 +279,13 @@ fn options(a: &Args) -> EvalOptions {
     }
 }
 
-/// Step counts separated by commas; empty for none.
+/// The rows of one `--baseline`.
 #[derive(Debug, Clone)]
-struct Steps(Vec<usize>);
+struct Baselines(Vec<Baseline>);
 
-fn parse_steps(s: &str) -> Result<Steps, String> {
-    s.split(',')
-        .filter(|x| !x.trim().is_empty())
-        .map(|x| match x.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "`{x}`: expected positive step counts separated by commas"
-            )),
-        })
-        .collect::<Result<_, _>>()
-        .map(Steps)
+fn parse_baseline(s: &str) -> Result<Baselines, String> {
+    match s.trim() {
+        "none" | "" => Ok(Baselines(vec![])),
+        s => Baseline::parse(s).map(Baselines).map_err(|e| e.to_string()),
+    }
 }

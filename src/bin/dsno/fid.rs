@@ -188,6 +188,6 @@ fn draw_from(a: &Args, count: u64, device: Device) -> Result<Tensor> {
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
     let shape = teacher.meta.model.sample_shape();
     let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
-    let sampler = Sampler::teacher(&teacher, 1.0, solver, grid)?;
+    let sampler = Sampler::teacher(&teacher, Default::default(), solver, grid)?;
     Ok(draw(&sampler, &noise, &o)?.samples)
 }

@@ -1,7 +1,7 @@
 //! `dsno import diffusers`: a diffusers UNet2DModel folder as a dsno teacher checkpoint.
 use anyhow::Result;
 use dsno::denoiser::Prediction;
-use dsno::model::{import_diffusers, ImportOptions};
+use dsno::import::{importer, ImportOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tch::Kind;
@@ -53,7 +53,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ..Default::default()
     };
     crate::common::check_out(("DIR", &dir), &out, false)?;
-    let ck = import_diffusers(&dir, &o)?;
+    let ck = importer("diffusers")?.import(&dir, &o)?;
     let n = ck.export(&out, fp16.then_some(Kind::Half))?;
     println!(
         "{} → {}: teacher ({:?} prediction, {} parameters in {n} tensors, schedule {:?})",

@@ -2,7 +2,7 @@
 use crate::common::{describe, save_raw};
 use anyhow::{bail, Context, Result};
 use dsno::checkpoint::{self, ModelKind};
-use dsno::denoiser::MixtureDenoiser;
+use dsno::denoiser::{Guidance, MixtureDenoiser};
 use dsno::eval::sampling::{draw, DrawOptions, Sampler};
 use dsno::model::{OneStep, Teacher};
 use dsno::sampling::Noise;
@@ -57,8 +57,8 @@ pub struct Args {
     classes: bool,
     /// Classifier-free guidance scale w for a class-conditional teacher (1: the conditional
     /// model, 0: the unconditional one; two network evaluations per step otherwise).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    guidance: f64,
+    #[arg(long, default_value = "1", allow_negative_numbers = true)]
+    guidance: Guidance,
 }
 
 /// The labels of a conditional model's samples (`None` for an unconditional model), and the
@@ -69,7 +69,7 @@ fn labels(
     sample: &[i64],
     path: &Path,
 ) -> Result<(Option<tch::Tensor>, u64)> {
-    let asked = a.class.is_some() || a.classes || a.guidance != 1.0;
+    let asked = a.class.is_some() || a.classes || a.guidance != Guidance::CONDITIONAL;
     let count = a.count.unwrap_or(if a.classes { 10 } else { 64 });
     match (classes, asked) {
         (None, false) => Ok((None, count)),
@@ -207,7 +207,7 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
             path.display()
         );
     }
-    if a.guidance != 1.0 && model.num_classes().is_some() {
+    if a.guidance != Guidance::CONDITIONAL && model.num_classes().is_some() {
         bail!(
             "{} is a one-step model: its guidance was fixed when it was distilled (the store's `guidance`); --guidance applies to teachers",
             path.display()

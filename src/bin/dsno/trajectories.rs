@@ -51,7 +51,7 @@ pub struct Args {
     /// A class-conditional teacher: classifier-free guidance scale w of the solve (default 1,
     /// the conditional model; recorded in the manifest).
     #[arg(long, allow_negative_numbers = true)]
-    guidance: Option<f64>,
+    guidance: Option<dsno::denoiser::Guidance>,
 }
 
 fn parse_part(s: &str) -> Result<(usize, usize)> {
