@@ -28,5 +28,5 @@ for set in mnist fashion-mnist; do
   ./dsno data fetch "$set" --mirror "http://127.0.0.1:$port/$set/"
 done
 ls -l "$XDG_CACHE_HOME/dsno"/*
-cargo test --release --test data --test classifier --test eval
+cargo test --release --test library -- data:: classifier:: eval::
 echo "fresh clone: data fetched into the user cache, MNIST tests passed"

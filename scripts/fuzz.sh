@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long fuzzing run of the file loaders (tests/fuzz.rs: targets idx, checkpoint, store, config),
+# Long fuzzing run of the file loaders (tests/fuzz/: targets idx, checkpoint, store, config),
 # one target after the other, then a summary: executions and crashes per target, and each
 # distinct finding with its minimal input under tests/fuzz-corpus/<target>/.
 #

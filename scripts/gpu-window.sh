@@ -14,7 +14,7 @@
 # Run there, carrying target/release/dsno, runs/data and runs/window-in:
 #   OUT=$OUT BUDGET=540 scripts/gpu-window.sh     (run with timeout_s 600)
 #
-# The machine's own PyTorch 2.11 provides libtorch (as scripts/gpu-smoke.sh).
+# The machine's own PyTorch 2.11 provides libtorch.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 BUDGET=${BUDGET:-540}   # one device command may run 600 s

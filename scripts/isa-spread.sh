@@ -25,9 +25,11 @@ if [ -z "${DSNO_DATA:-}" ] && [ -d "$root/../shared/data/mnist" ] \
   && [ -d "$root/../shared/data/fashion-mnist" ]; then
   export DSNO_DATA="$root/../shared/data"
 fi
-tests=(--test bundled --test lpips --test inception --test diffusers)
+tests=(--test library)
+filters=(bundled:: lpips:: inception:: diffusers::)
 if [ "${1:-}" = --whole-suite ]; then
   tests=(--no-fail-fast)
+  filters=()
   shift
 fi
 if [ $# -gt 0 ]; then
@@ -54,7 +56,7 @@ for s in "${settings[@]}"; do
   [ "$s" = native ] || read -r -a vars <<<"$s"
   echo "isa-spread: $s" >&2
   start=$SECONDS
-  if ! env "${vars[@]}" cargo test --release -q "${tests[@]}" -- --nocapture >"$work/$i.log" 2>&1; then
+  if ! env "${vars[@]}" cargo test --release -q "${tests[@]}" -- --nocapture "${filters[@]}" >"$work/$i.log" 2>&1; then
     grep -E "panicked|FAILED|failed" "$work/$i.log" >&2 || tail -20 "$work/$i.log" >&2
     echo "isa-spread: the fixture tests fail under '$s' (log above)" >&2
     exit 1

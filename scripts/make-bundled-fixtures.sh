@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes tests/fixtures/bundled/{dsno,kd,teacher,cond-dsno}.safetensors: raw samples of the bundled models
-# (seed 0, CPU), which tests/bundled.rs requires bit for bit. Run it only when a change is meant
+# (seed 0, CPU), which tests/library/bundled.rs requires bit for bit. Run it only when a change is meant
 # to alter the samples, and say why in the commit.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

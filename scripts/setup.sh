@@ -23,7 +23,7 @@ fi
 # compiled into libtorch_cpu, but the wheel lacks Gloo's own headers, which ProcessGroupGloo.hpp
 # includes: Debian's libgloo-dev supplies them, pinned by file and SHA-256. The shim only names
 # Gloo's types through pointers, so these headers (gloo 2022-05-18) need not be the exact commit
-# libtorch was built with; the shim's tests (tests/comm.rs) check the backend end to end.
+# libtorch was built with; the shim's tests (tests/commands/comm.rs) check the backend end to end.
 gloo_deb="libgloo-dev_0.0~git20220518.5b14351-3_amd64.deb"
 gloo_sha="80529c9fd8af452faf489e686b94bf87075965c40673803810c4f41634b1e299"
 gloo_dir="$venv/gloo"

@@ -161,7 +161,7 @@ fn operator(vs: &nn::VarStore, model: &ModelConfig, slots: i64, modes: i64) -> R
         .collect();
     let cfg = OperatorConfig {
         backbone: model.clone(),
-        times,
+        times: crate::schedule::OutputTimes::new(times)?,
         modes,
     };
     Operator::new(&vs.root(), &cfg, Schedule::vp_cosine())
@@ -418,7 +418,7 @@ pub struct TrainSpec {
     pub steps: u64,
     pub precisions: Vec<crate::device::Precision>,
     /// Output times of the operator (the store's).
-    pub times: Vec<f64>,
+    pub times: crate::schedule::OutputTimes,
     pub device: Device,
 }
 

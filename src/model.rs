@@ -8,7 +8,7 @@ use crate::nn::inception::Inception;
 use crate::nn::lpips::Lpips;
 use crate::nn::Backbone;
 use crate::operator::{Architecture, Generator, OperatorConfig};
-use crate::schedule::Schedule;
+use crate::schedule::{OutputTimes, Schedule};
 use crate::{Error, Result};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -116,7 +116,7 @@ impl OneStep {
         let architecture = ck.meta.architecture();
         let times = match &ck.meta.times {
             Some(t) => t.clone(),
-            None if architecture == Architecture::Backbone => vec![0.0],
+            None if architecture == Architecture::Backbone => OutputTimes::new(vec![0.0])?,
             None => {
                 return Err(Error::file(
                     path,

@@ -11,7 +11,7 @@
 //! into it) and `timeconv.{i}.weight` for the i-th slot.
 use crate::nn::timeconv::{DftPath, TimeConv};
 use crate::nn::{Backbone, ModelConfig, Role};
-use crate::schedule::Schedule;
+use crate::schedule::{OutputTimes, Schedule};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -34,7 +34,7 @@ pub fn role(backbone: &ModelConfig, name: &str) -> Role {
 pub struct OperatorConfig {
     pub backbone: ModelConfig,
     /// Output times t_1 > … > t_M (t_M = 0 is the sample).
-    pub times: Vec<f64>,
+    pub times: OutputTimes,
     /// Fourier modes kept by every TimeConv (the authors: 2).
     pub modes: i64,
 }

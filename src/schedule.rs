@@ -595,10 +595,65 @@ pub fn check_output_times(what: &str, times: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// An operator's output times t_1 > … > t_M in [0, 1], 1 ≤ M ≤ [`MAX_OUTPUT_TIMES`]: checked once,
+/// where they are made or read (configs, manifests, checkpoints, `--times`), and trusted after.
+/// Written into files as the plain list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<f64>", into = "Vec<f64>")]
+pub struct OutputTimes(Vec<f64>);
+
+impl OutputTimes {
+    /// Checks `times` ([`check_output_times`]).
+    pub fn new(times: Vec<f64>) -> Result<Self> {
+        check_output_times("output times", &times)?;
+        Ok(OutputTimes(times))
+    }
+
+    /// The sample's time, the last.
+    pub fn last_time(&self) -> f64 {
+        self.0[self.0.len() - 1]
+    }
+}
+
+impl std::ops::Deref for OutputTimes {
+    type Target = [f64];
+    fn deref(&self) -> &[f64] {
+        &self.0
+    }
+}
+
+impl Default for OutputTimes {
+    /// `quad:4`: 0.5625, 0.25, 0.0625, 0 (the authors' CIFAR-10 choice).
+    fn default() -> Self {
+        OutputTimes(vec![0.5625, 0.25, 0.0625, 0.0])
+    }
+}
+
+impl<'a> IntoIterator for &'a OutputTimes {
+    type Item = &'a f64;
+    type IntoIter = std::slice::Iter<'a, f64>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl TryFrom<Vec<f64>> for OutputTimes {
+    type Error = Error;
+    fn try_from(v: Vec<f64>) -> Result<Self> {
+        OutputTimes::new(v)
+    }
+}
+
+impl From<OutputTimes> for Vec<f64> {
+    fn from(t: OutputTimes) -> Vec<f64> {
+        t.0
+    }
+}
+
 /// Parses the operator's output times: `quad:M` (`t_m = ((M − m)/M)²`, the authors' CIFAR-10
 /// choice: 0.5625, 0.25, 0.0625, 0 for M = 4), `uniform:M` (`t_m = (M − m)/M`, the ImageNet-64
 /// choice), or an explicit comma-separated list (strictly decreasing, in [0, 1]).
-pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
+pub fn parse_output_times(spec: &str) -> Result<OutputTimes> {
     let spec = spec.trim();
     let preset = |name: &str, rest: &str| -> Result<usize> {
         let m: usize = rest.parse().map_err(|_| {
@@ -633,7 +688,7 @@ pub fn parse_output_times(spec: &str) -> Result<Vec<f64>> {
             .collect::<Result<_>>()?
     };
     check_output_times(&format!("output times `{spec}`"), &times)?;
-    Ok(times)
+    Ok(OutputTimes(times))
 }
 
 /// A grid of `n_steps` steps from `t_start` down to the last output time that passes through

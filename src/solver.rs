@@ -72,7 +72,7 @@ impl Solver {
     /// time where λ is finite ([`Schedule::t_min_finite`]): quadratic in t ("time_quadratic")
     /// on the cosine schedule, whose λ ∈ [−20, 20] a uniform-λ grid would spend half on
     /// |λ| > 10; uniform in log-SNR ("logSNR") on the others. (Measured on Gaussian data at 50
-    /// steps, `tests/solvers.rs`: 3e-4 relative endpoint error on the cosine schedule against
+    /// steps, `tests/library/solvers.rs`: 3e-4 relative endpoint error on the cosine schedule against
     /// 8e-3 uniform in λ and 4e-2 uniform in t.) The others get [`Schedule::default_grid`]:
     /// uniform in t for VP (the DSNO authors' DDIM), the ρ = 7 grid down to σ = 0 for EDM.
     pub fn default_grid(&self, schedule: &Schedule, n: usize) -> Vec<f64> {

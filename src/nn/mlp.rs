@@ -15,7 +15,7 @@
 //! noise (x̂ ≈ E[x]), which an x-predicting MLP otherwise learns slowly.
 //! ```
 use super::embedding::TimeEmbedding;
-use super::Backbone;
+use super::{Backbone, Hook, ModelConfig};
 use crate::error::{check_field, check_range};
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -58,6 +58,17 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// One hook slot after every residual block, `hidden` channels each.
+    pub fn slot_channels(&self) -> Vec<i64> {
+        vec![self.hidden; self.blocks]
+    }
+
+    /// Multiply–add FLOPs (×2) of one forward pass of one sample.
+    pub fn flops_per_sample(&self) -> f64 {
+        let (d, h) = (self.dim as f64, self.hidden as f64);
+        2.0 * (d * h + self.blocks as f64 * (2.0 * h * h + 2.0 * h * h) + 2.0 * h * d + 3.0 * h * h)
+    }
+
     /// Checks every field against its range (docs/FORMATS.md §10).
     pub fn validate(&self) -> Result<()> {
         check_range("model.dim", self.dim, 1, 64)?;
@@ -139,6 +150,10 @@ impl Mlp {
 }
 
 impl Backbone for Mlp {
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Mlp(self.cfg.clone())
+    }
+
     fn time_embedding(&self, t_in: &Tensor) -> Tensor {
         self.temb.forward(t_in)
     }
@@ -147,13 +162,7 @@ impl Backbone for Mlp {
         self.input.forward(&fourier_features(x))
     }
 
-    fn body(
-        &self,
-        h: Tensor,
-        emb: &Tensor,
-        train: bool,
-        hook: &mut dyn FnMut(usize, Tensor) -> Tensor,
-    ) -> Tensor {
+    fn body(&self, h: Tensor, emb: &Tensor, train: bool, hook: &mut Hook) -> Tensor {
         let h0 = h.shallow_clone();
         let mut h = h;
         let e = emb.silu();
@@ -168,21 +177,5 @@ impl Backbone for Mlp {
             h = hook(i, h + b.fc2.forward(&r.dropout(self.cfg.dropout, train)));
         }
         self.out_fc.forward(&h) + self.skip_fc.forward(&(h0 * self.skip_gate.forward(&e)))
-    }
-
-    fn slot_channels(&self) -> Vec<i64> {
-        vec![self.cfg.hidden; self.cfg.blocks]
-    }
-
-    fn sample_shape(&self) -> Vec<i64> {
-        vec![self.cfg.dim]
-    }
-
-    fn flops_per_sample(&self) -> f64 {
-        let (d, h) = (self.cfg.dim as f64, self.cfg.hidden as f64);
-        2.0 * (d * h
-            + self.cfg.blocks as f64 * (2.0 * h * h + 2.0 * h * h)
-            + 2.0 * h * d
-            + 3.0 * h * h)
     }
 }

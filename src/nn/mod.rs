@@ -20,8 +20,14 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+/// The hook of [`Backbone::body`]: called with each hook slot and its features, it returns the
+/// features to go on with (the operator's TimeConv; the identity for a plain pass).
+pub type Hook<'a> = dyn FnMut(usize, Tensor) -> Tensor + 'a;
+
 /// A network split into stem, body (with hook slots) and time embedding.
 pub trait Backbone: Send {
+    /// The configuration it was built from (its shapes, slots, cost and classes).
+    fn config(&self) -> ModelConfig;
     /// The time embedding of a batch of network times `t_in`, shape `[N]` → `[N, E]`, without
     /// labels (a class-conditional U-Net adds its null class; the probes and benchmarks use it).
     fn time_embedding(&self, t_in: &Tensor) -> Tensor;
@@ -29,25 +35,25 @@ pub trait Backbone: Send {
     fn stem(&self, x: &Tensor) -> Tensor;
     /// Everything after the stem. `hook(slot, h)` is called on the output of every
     /// non-resampling block, in order; the teacher passes the identity.
-    fn body(
-        &self,
-        h: Tensor,
-        emb: &Tensor,
-        train: bool,
-        hook: &mut dyn FnMut(usize, Tensor) -> Tensor,
-    ) -> Tensor;
+    fn body(&self, h: Tensor, emb: &Tensor, train: bool, hook: &mut Hook) -> Tensor;
+
     /// The channel count at each hook slot.
-    fn slot_channels(&self) -> Vec<i64>;
+    fn slot_channels(&self) -> Vec<i64> {
+        self.config().slot_channels()
+    }
     /// Shape of one input sample, e.g. `[1, 28, 28]` or `[2]`.
-    fn sample_shape(&self) -> Vec<i64>;
+    fn sample_shape(&self) -> Vec<i64> {
+        self.config().sample_shape()
+    }
     /// Multiply–add FLOPs (×2) of one forward pass of one sample (convolutions, linear layers and
     /// attention matmuls; norms and activations are not counted).
-    fn flops_per_sample(&self) -> f64;
-
-    /// `Some(K)` for a class-conditional network (labels 0 … K − 1, and K, the null class of
-    /// classifier-free guidance, meaning "no label"); `None` for an unconditional one.
+    fn flops_per_sample(&self) -> f64 {
+        self.config().flops_per_sample()
+    }
+    /// `Some(K)` for a class-conditional network (labels 0 … K − 1, and, for dsno's U-Net, K:
+    /// the null class of classifier-free guidance, meaning "no label"); `None` otherwise.
     fn num_classes(&self) -> Option<i64> {
-        None
+        self.config().num_classes()
     }
 
     /// The embedding `[N, E]` of network times `t_in` `[N]` with class `labels` `[N]` (int64)
@@ -137,6 +143,24 @@ impl ModelConfig {
             ModelConfig::Unet(c) => vec![c.in_channels, c.image_size, c.image_size],
             ModelConfig::Mlp(c) => vec![c.dim],
             ModelConfig::Diffusers(c) => vec![c.in_channels, c.sample_size, c.sample_size],
+        }
+    }
+
+    /// The channel count at each hook slot of the network.
+    pub fn slot_channels(&self) -> Vec<i64> {
+        match self {
+            ModelConfig::Unet(c) => c.slot_channels(),
+            ModelConfig::Mlp(c) => c.slot_channels(),
+            ModelConfig::Diffusers(c) => c.slot_channels(),
+        }
+    }
+
+    /// Multiply–add FLOPs (×2) of one forward pass of one sample.
+    pub fn flops_per_sample(&self) -> f64 {
+        match self {
+            ModelConfig::Unet(c) => c.flops_per_sample(),
+            ModelConfig::Mlp(c) => c.flops_per_sample(),
+            ModelConfig::Diffusers(c) => c.flops_per_sample(),
         }
     }
 

@@ -22,7 +22,7 @@
 //! `mid` after its attention, and of every non-resampling up block.
 use super::blocks::{self, ConvSpec, Resample, Resnet, ResnetSpec};
 use super::embedding::TimeEmbedding;
-use super::{check, Backbone};
+use super::{check, Backbone, Hook, ModelConfig};
 use crate::error::{check_field, check_range};
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -511,6 +511,10 @@ impl UNet {
 }
 
 impl Backbone for UNet {
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Unet(self.cfg.clone())
+    }
+
     fn time_embedding(&self, t_in: &Tensor) -> Tensor {
         let e = self.temb.forward(t_in);
         match &self.class_emb {
@@ -518,10 +522,6 @@ impl Backbone for UNet {
             Some(table) => e + table.get(table.size()[0] - 1),
             None => e,
         }
-    }
-
-    fn num_classes(&self) -> Option<i64> {
-        self.cfg.num_classes
     }
 
     fn embed(&self, t_in: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
@@ -542,13 +542,7 @@ impl Backbone for UNet {
         self.conv_in.forward(x)
     }
 
-    fn body(
-        &self,
-        h: Tensor,
-        emb: &Tensor,
-        train: bool,
-        hook: &mut dyn FnMut(usize, Tensor) -> Tensor,
-    ) -> Tensor {
+    fn body(&self, h: Tensor, emb: &Tensor, train: bool, hook: &mut Hook) -> Tensor {
         // the residual blocks read the activated embedding
         let emb = &emb.silu();
         let mut slot = 0;
@@ -579,22 +573,6 @@ impl Backbone for UNet {
             }
         }
         self.out_conv.forward(&self.out_norm.forward(&h).silu())
-    }
-
-    fn slot_channels(&self) -> Vec<i64> {
-        self.cfg.slot_channels()
-    }
-
-    fn sample_shape(&self) -> Vec<i64> {
-        vec![
-            self.cfg.in_channels,
-            self.cfg.image_size,
-            self.cfg.image_size,
-        ]
-    }
-
-    fn flops_per_sample(&self) -> f64 {
-        self.cfg.flops_per_sample()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::model::Teacher;
 use crate::nn::Role;
 pub use crate::operator::Method;
 use crate::operator::{self, Architecture, Generator, OperatorConfig};
-use crate::schedule::{check_output_times, MAX_OUTPUT_TIMES};
+use crate::schedule::{OutputTimes, MAX_OUTPUT_TIMES};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -51,7 +51,7 @@ pub struct DistillConfig {
     pub validation: usize,
     /// The output times the store must have (any if absent).
     #[serde(default)]
-    pub times: Option<Vec<f64>>,
+    pub times: Option<OutputTimes>,
     /// Shards per shuffle buffer of the batch order (`data::store::StoreOrder`): each epoch
     /// visits the shards in a seeded order, a buffer of this many at a time, shuffling the
     /// samples within the buffer; 0: one buffer of the whole store (a global shuffle).
@@ -95,9 +95,6 @@ impl DistillConfig {
             check_field("dropout", p, (0.0..1.0).contains(&p), "in [0, 1)")?;
         }
         check_range("validation", self.validation, 0, 100_000_000)?;
-        if let Some(t) = &self.times {
-            check_output_times("field `times`", t)?;
-        }
         check_range("shuffle_shards", self.shuffle_shards, 0, 1_000_000)?;
         if self.stream && self.shuffle_shards == 0 {
             return Err(Error::invalid(

@@ -10,7 +10,7 @@ use crate::data::store::{load_shard, save_shard, shard_path, Manifest, Shard, FO
 use crate::denoiser::{Denoiser, Guided};
 use crate::model::Teacher;
 use crate::sampling::{self, Noise};
-use crate::schedule::check_output_times;
+use crate::schedule::{check_output_times, OutputTimes};
 use crate::schedule::{grid_through, Schedule};
 use crate::solver::{check_steps, Solver};
 use crate::util::fsio::{write_atomic, FolderLock};
@@ -27,7 +27,7 @@ pub struct GenerateOptions {
     /// Solver steps from t_max to 0, through every output time.
     pub steps: usize,
     /// Output times t_1 > … > t_M.
-    pub times: Vec<f64>,
+    pub times: OutputTimes,
     /// Number of trajectories K.
     pub count: usize,
     /// Noise seed: sample i's x_T depends on (seed, i) only.
@@ -60,7 +60,7 @@ impl Default for GenerateOptions {
         GenerateOptions {
             solver: Solver::DpmSolver2M,
             steps: 32,
-            times: vec![0.5625, 0.25, 0.0625, 0.0],
+            times: OutputTimes::default(),
             count: 1000,
             seed: 0,
             shard_size: 1000,

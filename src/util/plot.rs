@@ -1,6 +1,13 @@
 //! Line and scatter plots as PNG images, with no font or plotting dependency: a built-in 5×7
 //! bitmap font, logarithmic or linear axes, a legend and dashed reference lines. Enough for the
 //! evaluation report's "FD vs NFE" and "FD vs wall time" figures.
+//!
+//! Why not `plotters`: it draws text only through a TrueType font — the machine's (absent on a
+//! minimal install, another one elsewhere, so a report's PNG bytes would depend on the machine
+//! that drew it, against "same inputs, same bytes") or one built into every binary (DejaVu Sans,
+//! 760 KB). Measured on this 2-core machine: `plotters` 0.3 with its bitmap backend and
+//! `ab_glyph` is 26 crates and 17.8 s of release build from scratch, for the two figures these
+//! lines draw identically everywhere.
 use super::image::Image;
 use crate::{Error, Result};
 

@@ -3,10 +3,8 @@
 //! ([`Needs`]) and its loss ([`Objective`]); [`METHODS`] registers them, and `distill`,
 //! checkpoints, `sample` and `eval` take every registered method alike.
 //!
-//! A new method is one file here with its [`Spec`] and one line in [`METHODS`]
-//! (docs/ARCHITECTURE.md, "Where new things go").
-pub mod dsno;
-pub mod kd;
+//! A new method is one file here with its `pub const SPEC: Spec` and its name in the
+//! `register!` list below (docs/ARCHITECTURE.md, "Where new things go").
 
 use super::distill::{DistillConfig, Regression};
 use crate::model::{LoadedLpips, Teacher};
@@ -15,8 +13,20 @@ use crate::schedule::Schedule;
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
-/// Every distillation method this build trains, by name.
-pub static METHODS: &[Spec] = &[dsno::SPEC, kd::SPEC];
+/// Declares each method's module and lists its [`Spec`] in [`METHODS`].
+macro_rules! register {
+    ($($method:ident),+ $(,)?) => {
+        $(pub mod $method;)+
+
+        /// Every distillation method this build trains, by name.
+        pub static METHODS: &[Spec] = &[$($method::SPEC),+];
+    };
+}
+
+register! {
+    dsno,
+    kd,
+}
 
 /// A registered method.
 pub struct Spec {
