@@ -67,7 +67,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         Args::Info { file } => {
             let m = dsno::model::peek(&file)?;
-            println!("kind {:?} step {} dataset {}", m.kind, m.step, m.dataset);
+            println!("kind {} step {} dataset {}", m.kind, m.step, m.dataset);
         }
         Args::Join { parts, out } => {
             let inputs: Vec<_> = parts.iter().map(|p| ("PARTS", Some(p.as_path()))).collect();

@@ -44,7 +44,7 @@ pub fn run(a: Args, device: Device, comm: &Comm) -> Result<ExitCode> {
     cfg.train.steps = a.run.steps.unwrap_or(cfg.train.steps);
     if comm.is_main() {
         println!(
-            "distill ({:?}): {} steps of {} on {}",
+            "distill ({}): {} steps of {} on {}",
             cfg.method,
             cfg.train.steps,
             cfg.train.batch_size,
