@@ -18,19 +18,7 @@ use std::ops::Range;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
-/// The loss between a prediction and its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Regression {
-    /// Mean absolute error over pixels.
-    L1,
-    /// Mean squared error over pixels.
-    #[default]
-    L2,
-    /// LPIPS with a VGG-16 trunk and no linear layers ([`crate::nn::lpips`]), the DSNO
-    /// authors' CIFAR-10 loss; needs `lpips_weights`.
-    Lpips,
-}
+pub use super::objective::Regression;
 
 /// A distillation configuration (`configs/distill-*.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,7 +395,8 @@ pub fn distill(
         false => None,
     };
     let obj = (spec.build)(&objective::Context {
-        cfg,
+        loss: cfg.loss,
+        lpips_weights: cfg.lpips_weights.as_deref(),
         schedule: &schedule,
         times: &m.times,
         device,

@@ -33,7 +33,7 @@ struct Dsno {
 fn build(c: &Context) -> Result<Box<dyn Objective>> {
     let lambdas: Vec<f64> = c.times.iter().map(|&t| c.schedule.lambda(t)).collect();
     Ok(Box::new(Dsno {
-        distance: Distance::new(c.cfg, c.device)?,
+        distance: Distance::new(c)?,
         weights: weights_on(&time_weights(&lambdas), c.device),
         times: c.times.to_vec(),
     }))

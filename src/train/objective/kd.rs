@@ -26,7 +26,7 @@ struct Kd {
 
 fn build(c: &Context) -> Result<Box<dyn Objective>> {
     Ok(Box::new(Kd {
-        distance: Distance::new(c.cfg, c.device)?,
+        distance: Distance::new(c)?,
         weights: Tensor::ones([1], (Kind::Float, c.device)),
         last: c.times[c.times.len() - 1],
     }))

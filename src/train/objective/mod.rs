@@ -6,11 +6,12 @@
 //! A new method is one file here with its `pub const SPEC: Spec` and its name in the
 //! `register!` list below (docs/ARCHITECTURE.md, "Where new things go").
 
-use super::distill::{DistillConfig, Regression};
 use crate::model::{LoadedLpips, Teacher};
 pub use crate::operator::{Architecture, Method};
 use crate::schedule::Schedule;
 use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Declares each method's module and lists its [`Spec`] in [`METHODS`].
@@ -67,9 +68,26 @@ pub fn names() -> Vec<&'static str> {
     METHODS.iter().map(|s| s.method.name()).collect()
 }
 
+/// The loss between a prediction and its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Regression {
+    /// Mean absolute error over pixels.
+    L1,
+    /// Mean squared error over pixels.
+    #[default]
+    L2,
+    /// LPIPS with a VGG-16 trunk and no linear layers ([`crate::nn::lpips`]), the DSNO
+    /// authors' CIFAR-10 loss; needs `lpips_weights`.
+    Lpips,
+}
+
 /// What an objective is built from.
 pub struct Context<'a> {
-    pub cfg: &'a DistillConfig,
+    /// The distance of outputs and targets.
+    pub loss: Regression,
+    /// VGG-16 weights for [`Regression::Lpips`].
+    pub lpips_weights: Option<&'a Path>,
     pub schedule: &'a Schedule,
     /// The store's output times t_1 > … > t_M.
     pub times: &'a [f64],
@@ -125,13 +143,14 @@ pub struct Distance {
 }
 
 impl Distance {
-    pub fn new(cfg: &DistillConfig, device: Device) -> Result<Self> {
-        let lpips = match (&cfg.loss, &cfg.lpips_weights) {
-            (Regression::Lpips, Some(p)) => Some(crate::model::load_lpips(p, device)?),
+    /// The distance of the context's `loss` (loading LPIPS's network onto its device).
+    pub fn new(c: &Context) -> Result<Self> {
+        let lpips = match (c.loss, c.lpips_weights) {
+            (Regression::Lpips, Some(p)) => Some(crate::model::load_lpips(p, c.device)?),
             _ => None,
         };
         Ok(Distance {
-            loss: cfg.loss,
+            loss: c.loss,
             lpips,
         })
     }
