@@ -107,16 +107,16 @@ pub fn discrete_log_alpha_bars(
     out
 }
 
-/// The schedules with their default parameters, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Preset {
-    /// VP, cosine log-SNR in [−20, 20] (the DSNO teacher's).
-    VpCosine,
-    /// VP, linear β (DDPM), continuous.
-    VpLinear,
-    /// EDM (Karras et al. 2022), σ in [0.002, 80].
-    Edm,
+crate::util::names::named_enum! {
+    /// The schedules with their default parameters, by name.
+    pub enum Preset ("schedule") {
+        /// VP, cosine log-SNR in [−20, 20] (the DSNO teacher's).
+        VpCosine = "vp-cosine" | "cosine",
+        /// VP, linear β (DDPM), continuous.
+        VpLinear = "vp-linear" | "linear",
+        /// EDM (Karras et al. 2022), σ in [0.002, 80].
+        Edm = "edm",
+    }
 }
 
 impl Default for Schedule {
@@ -260,16 +260,9 @@ impl Schedule {
         }
     }
 
-    /// Parses `vp-cosine`, `vp-linear` or `edm` (default parameters).
+    /// Parses `vp-cosine`, `vp-linear` or `edm` (default parameters; [`Preset::from_name`]).
     pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "vp-cosine" | "cosine" => Ok(Self::vp_cosine()),
-            "vp-linear" | "linear" => Ok(Self::vp_linear()),
-            "edm" => Ok(Self::edm()),
-            _ => Err(Error::invalid(format!(
-                "unknown schedule `{name}`: expected vp-cosine, vp-linear or edm"
-            ))),
-        }
+        Ok(Self::preset(Preset::from_name(name)?))
     }
 
     /// `ln ᾱ` at the knots of a discrete schedule (empty for the others), computed once per

@@ -18,7 +18,8 @@ use tch::{Kind, Tensor};
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
-    /// FNV-1a 64 hash of the teacher checkpoint file.
+    /// The teacher checkpoint file's SHA-256 (64 hex digits; stores made before hold an FNV-1a
+    /// 64 hash, 16 hex digits).
     pub teacher_hash: String,
     pub dataset: String,
     pub solver: Solver,
