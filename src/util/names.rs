@@ -61,7 +61,9 @@ macro_rules! named_enum {
                 match self {
                     $($name::$variant => {
                         let lines: &[&str] = &[$($doc),*];
-                        lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
+                        let text = lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                        // as clap's derive shows a one-paragraph doc: without its final period
+                        text.strip_suffix('.').map_or(text.clone(), str::to_string)
                     }),+
                 }
             }
