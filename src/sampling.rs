@@ -18,6 +18,9 @@ pub struct Noise {
     /// Float kind of the noise (float32 for networks, float64 for exact toy denoisers).
     pub kind: Kind,
     pub device: Device,
+    /// Noise given as it is (`dsno sample --noise`): x_T of items `0..N` `[N, shape…]`, used
+    /// instead of the seeded stream (and not scaled).
+    pub given: Option<std::rc::Rc<Tensor>>,
 }
 
 impl Noise {
@@ -30,6 +33,19 @@ impl Noise {
             scale: schedule.sigma(t),
             kind: Kind::Float,
             device,
+            given: None,
+        }
+    }
+
+    /// The noise `x_t` `[N, shape…]` as given: item i is `x_t[i]` (float32, on `device`).
+    pub fn given(x_t: &Tensor, device: Device) -> Self {
+        Noise {
+            seed: 0,
+            shape: x_t.size()[1..].to_vec(),
+            scale: 1.0,
+            kind: Kind::Float,
+            device,
+            given: Some(std::rc::Rc::new(x_t.to_kind(Kind::Float))),
         }
     }
 
@@ -38,8 +54,13 @@ impl Noise {
         Self::at(seed, shape, schedule, schedule.t_range().1, device)
     }
 
-    /// x_T of the items `range`, `[len, shape…]`.
+    /// x_T of the items `range`, `[len, shape…]` (given noise: its rows `range`, which must
+    /// exist).
     pub fn of(&self, range: Range<u64>) -> Tensor {
+        if let Some(x) = &self.given {
+            let (lo, n) = (range.start as i64, (range.end - range.start) as i64);
+            return x.narrow(0, lo, n).to_device(self.device).to_kind(self.kind);
+        }
         noise(self.seed, range, &self.shape, self.kind, self.device) * self.scale
     }
 }

@@ -415,6 +415,12 @@ pub fn legacy_file_hash(path: &Path) -> Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// Reads plain tensors (e.g. noise for `dsno sample --noise`) from a safetensors file (CPU, stored
+/// kind; floating tensors finite; checksums verified where the file has them).
+pub fn read_plain_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    read_tensors(&crate::util::fsio::read(path)?, path)
+}
+
 /// Writes plain tensors (e.g. raw samples) as a safetensors file without metadata, atomically.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     codec::write(path, tensors, None, BTreeMap::new())

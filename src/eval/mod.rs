@@ -320,6 +320,7 @@ fn draw_all(inp: &EvalInputs, o: &EvalOptions) -> Result<Vec<(RowMethod, Drawn)>
         scale: schedule.sigma(schedule.t_range().1),
         kind: Kind::Float,
         device: teacher.device(),
+        given: None,
     };
     let run = |what: RowMethod, sampler: &Sampler| -> Result<(RowMethod, Drawn)> {
         let label = what.label();

@@ -166,6 +166,15 @@ pub fn draw(sampler: &Sampler, noise: &Noise, o: &DrawOptions) -> Result<Drawn> 
     let sample: f64 = noise.shape.iter().product::<i64>() as f64;
     let bytes = o.count as f64 * sample * (1.0 + slots) * noise.kind.elt_size_in_bytes() as f64;
     crate::util::memory::check_memory(&format!("{} samples", o.count), bytes)?;
+    if let Some(x) = &noise.given {
+        if o.count as i64 > x.size()[0] {
+            return Err(Error::invalid(format!(
+                "{} samples asked of the {} given noise samples",
+                o.count,
+                x.size()[0]
+            )));
+        }
+    }
     if let Some(y) = &o.labels {
         if y.size() != [o.count as i64] {
             return Err(Error::invalid(format!(

@@ -263,6 +263,7 @@ fn generate_into(
         scale: schedule.sigma(grid[0]),
         kind: Kind::Float,
         device: teacher.device(),
+        given: None,
     };
     for j in todo {
         if let Some(sig) = super::stop_requested() {

@@ -385,3 +385,190 @@ fn a_repeated_sigterm_stops_training_after_a_saved_step() {
     assert!(step >= 1, "saved at step {step}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `sample --noise`: the seeded noise written to a file gives the seeded samples bit for bit
+/// (one-step model and teacher); a class-conditional model takes the file's labels; a wrong
+/// shape, labels for an unconditional model, a conditional model without labels, or a label
+/// out of range are refused naming the file, and nothing is written.
+#[test]
+fn sample_from_given_noise_is_the_seeded_draw() {
+    use tch::Kind;
+    let dir = common::tempdir("given-noise");
+    let p = |name: &str| dir.join(name).display().to_string();
+    let samples = |f: &str| {
+        dsno::checkpoint::read_plain_tensors(&dir.join(f)).unwrap()["samples"].shallow_clone()
+    };
+    let ok = |args: &[&str]| {
+        let o = dsno(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let s = dsno::schedule::Schedule::vp_cosine();
+    let x =
+        dsno::rng::noise(5, 0..6, &[1, 28, 28], Kind::Float, Device::Cpu) * s.sigma(s.t_range().1);
+    let save = |name: &str, t: Vec<(&str, Tensor)>| {
+        let t: Vec<(String, Tensor)> = t.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+        dsno::checkpoint::save_tensors(&dir.join(name), &t).unwrap();
+    };
+    save("x.safetensors", vec![("x_T", x.shallow_clone())]);
+    let dev = ["--device", "cpu"];
+    // the bundled DSNO: seeded vs given
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--seed",
+            "5",
+            "--count",
+            "6",
+            "--out",
+            &p("a.png"),
+            "--safetensors",
+            &p("a.st"),
+        ],
+    ]
+    .concat());
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--noise",
+            &p("x.safetensors"),
+            "--out",
+            &p("b.png"),
+            "--safetensors",
+            &p("b.st"),
+        ],
+    ]
+    .concat());
+    assert!(samples("a.st").equal(&samples("b.st")));
+    // the teacher with a solver starting at t_max: the same
+    let t = common::model("mnist-teacher.safetensors")
+        .display()
+        .to_string();
+    let teach = ["--model", t.as_str(), "--solver", "ddim", "--steps", "3"];
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--seed",
+            "5",
+            "--count",
+            "6",
+            "--out",
+            &p("c.png"),
+            "--safetensors",
+            &p("c.st"),
+        ],
+        &teach[..],
+    ]
+    .concat());
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--noise",
+            &p("x.safetensors"),
+            "--out",
+            &p("d.png"),
+            "--safetensors",
+            &p("d.st"),
+        ],
+        &teach[..],
+    ]
+    .concat());
+    assert!(samples("c.st").equal(&samples("d.st")));
+    // the conditional DSNO: the file's labels are the classes drawn, as --class draws them
+    let cond = common::model("mnist-cond-dsno.safetensors")
+        .display()
+        .to_string();
+    let y = Tensor::from_slice(&[3i64, 3, 3, 3, 3, 3]);
+    save(
+        "xy.safetensors",
+        vec![("x_T", x.shallow_clone()), ("labels", y)],
+    );
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--model",
+            &cond,
+            "--noise",
+            &p("xy.safetensors"),
+            "--out",
+            &p("e.png"),
+            "--safetensors",
+            &p("e.st"),
+        ],
+    ]
+    .concat());
+    ok(&[
+        &dev[..],
+        &[
+            "sample",
+            "--model",
+            &cond,
+            "--noise",
+            &p("x.safetensors"),
+            "--class",
+            "3",
+            "--out",
+            &p("f.png"),
+            "--safetensors",
+            &p("f.st"),
+        ],
+    ]
+    .concat());
+    assert!(samples("e.st").equal(&samples("f.st")));
+    assert!(!samples("e.st").equal(&samples("a.st")));
+    // bad files
+    save(
+        "shape.safetensors",
+        vec![(
+            "x_T",
+            Tensor::zeros([2, 1, 27, 28], (Kind::Float, Device::Cpu)),
+        )],
+    );
+    save(
+        "range.safetensors",
+        vec![
+            ("x_T", x.shallow_clone()),
+            ("labels", Tensor::from_slice(&[0i64, 1, 2, 3, 4, 10])),
+        ],
+    );
+    for (args, want) in [
+        (vec!["--noise", "shape.safetensors"], "[N, 1, 28, 28]"),
+        (vec!["--noise", "xy.safetensors"], "not class-conditional"),
+        (
+            vec!["--model", cond.as_str(), "--noise", "x.safetensors"],
+            "needs a tensor `labels`",
+        ),
+        (
+            vec!["--model", cond.as_str(), "--noise", "range.safetensors"],
+            "label 10",
+        ),
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.ends_with(".safetensors") && !a.contains('/') {
+                    p(a)
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let mut full: Vec<&str> = vec!["--device", "cpu", "sample", "--out"];
+        let out = p("bad.png");
+        full.push(&out);
+        full.extend(args.iter().map(|s| s.as_str()));
+        let o = dsno(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{full:?}: {err}");
+        assert!(!dir.join("bad.png").exists());
+    }
+    std::fs::remove_dir_all(dir).ok();
+}

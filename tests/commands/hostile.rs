@@ -282,6 +282,7 @@ fn non_finite_weights_and_outputs_are_errors() {
         scale: 1.0,
         kind: tch::Kind::Float,
         device: tch::Device::Cpu,
+        given: None,
     };
     let e = dsno::sampling::batched(&noise, 0..8, 4, |_| {}, |x, _| Ok(vec![x.log()]))
         .expect_err("NaN outputs refused")

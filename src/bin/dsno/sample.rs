@@ -55,6 +55,12 @@ pub struct Args {
     /// default 10; without --model: the bundled class-conditional MNIST DSNO).
     #[arg(long)]
     classes: bool,
+    /// The noise x_T to start from instead of the seeded stream: a safetensors file with the
+    /// tensor `x_T` [N, C, H, W] (float; the model's sample shape, at the schedule's noise
+    /// level) and, for a class-conditional model, `labels` [N] (int64; else --class for all).
+    /// One sample per row, the same images as any other runtime given the same x_T.
+    #[arg(long, conflicts_with_all = ["toy", "count", "classes"])]
+    noise: Option<PathBuf>,
     /// Classifier-free guidance scale w for a class-conditional teacher (1: the conditional
     /// model, 0: the unconditional one; two network evaluations per step otherwise).
     #[arg(long, default_value = "1", allow_negative_numbers = true)]
@@ -101,6 +107,102 @@ fn labels(
             Ok((Some(tch::Tensor::from_slice(&labels)), n))
         }
     }
+}
+
+/// The noise and labels of `--noise`, checked against the model at `path` (its sample shape and
+/// classes): x_T `[N, …]` float32 and the labels `[N]` for a class-conditional model.
+fn given_noise(
+    a: &Args,
+    file: &Path,
+    classes: Option<i64>,
+    sample: &[i64],
+    path: &Path,
+) -> Result<(tch::Tensor, Option<tch::Tensor>)> {
+    let mut t = checkpoint::read_plain_tensors(file)?;
+    let Some(x) = t.remove("x_T") else {
+        bail!(
+            "{}: no tensor `x_T` (the noise, [N, {sample:?}…])",
+            file.display()
+        );
+    };
+    let s = x.size();
+    if s.len() != sample.len() + 1 || s[1..] != *sample || s[0] < 1 || !x.is_floating_point() {
+        bail!(
+            "{}: tensor `x_T` is {:?} of shape {s:?}; {} takes float noise of shape [N, {}]",
+            file.display(),
+            x.kind(),
+            path.display(),
+            sample
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let n = s[0];
+    let labels = match (classes, t.remove("labels"), a.class) {
+        (None, None, None) => None,
+        (None, Some(_), _) | (None, _, Some(_)) => bail!(
+            "{} is not class-conditional: the labels of {} (or --class) do not apply",
+            path.display(),
+            file.display()
+        ),
+        (Some(k), Some(y), None) => {
+            if y.size() != [n] || y.kind() != Kind::Int64 {
+                bail!(
+                    "{}: tensor `labels` is {:?} of shape {:?}, want int64 of shape [{n}]",
+                    file.display(),
+                    y.kind(),
+                    y.size()
+                );
+            }
+            let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+            if lo < 0 || hi >= k {
+                bail!(
+                    "{}: label {} outside {}'s classes 0..{}",
+                    file.display(),
+                    if lo < 0 { lo } else { hi },
+                    path.display(),
+                    k - 1
+                );
+            }
+            Some(y)
+        }
+        (Some(_), Some(_), Some(_)) => {
+            bail!("{} holds labels: --class does not apply", file.display())
+        }
+        (Some(k), None, Some(c)) if (0..k).contains(&c) => {
+            Some(tch::Tensor::full([n], c, (Kind::Int64, Device::Cpu)))
+        }
+        (Some(k), None, Some(c)) => bail!(
+            "--class {c}: {} has the classes 0..{}",
+            path.display(),
+            k - 1
+        ),
+        (Some(_), None, None) => bail!(
+            "{} is class-conditional: {} needs a tensor `labels` [{n}], or give --class N",
+            path.display(),
+            file.display()
+        ),
+    };
+    Ok((x.to_kind(Kind::Float), labels))
+}
+
+/// The noise, labels and count of a draw: `--noise`'s, or the seeded stream's `seeded` with the
+/// labels and count of [`labels`].
+fn noise_of(
+    a: &Args,
+    classes: Option<i64>,
+    seeded: Noise,
+    path: &Path,
+) -> Result<(Noise, Option<tch::Tensor>, u64)> {
+    let Some(file) = &a.noise else {
+        let (labels, count) = labels(a, classes, &seeded.shape, path)?;
+        return Ok((seeded, labels, count));
+    };
+    let (x, labels) = given_noise(a, file, classes, &seeded.shape, path)?;
+    let n = x.size()[0] as u64;
+    Ok((Noise::given(&x, seeded.device), labels, n))
 }
 
 /// The bundled MNIST DSNO model (float16 weights, built into the binary).
@@ -154,10 +256,10 @@ fn teacher(a: &Args, path: &Path, device: Device) -> Result<()> {
     };
     let teacher = Teacher::load(path, device)?;
     let shape = teacher.meta.model.sample_shape();
-    let (labels, count) = labels(a, teacher.num_classes(), &shape, path)?;
     let schedule = teacher.schedule();
     let grid = a.ode.grid.make(solver, &schedule, a.ode.steps as usize);
-    let noise = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
+    let seeded = Noise::at(a.ode.seed, shape, &schedule, grid[0], device);
+    let (noise, labels, count) = noise_of(a, teacher.num_classes(), seeded, path)?;
     let sampler = Sampler::teacher(&teacher, a.guidance, solver, grid)?;
     let o = DrawOptions {
         count: count as usize,
@@ -214,9 +316,9 @@ fn one_step(a: &Args, model: &OneStep, path: &Path) -> Result<()> {
         );
     }
     let shape = model.meta.model.sample_shape();
-    let (labels, count) = labels(a, model.num_classes(), &shape, path)?;
     let device = model.device();
-    let noise = Noise::at_t_max(a.ode.seed, shape, &model.meta.schedule, device);
+    let seeded = Noise::at_t_max(a.ode.seed, shape, &model.meta.schedule, device);
+    let (noise, labels, count) = noise_of(a, model.num_classes(), seeded, path)?;
     let o = DrawOptions {
         count: count as usize,
         labels,
@@ -285,7 +387,10 @@ fn write(a: &Args, samples: &tch::Tensor, outputs: Option<(&tch::Tensor, i64)>) 
 /// Refuses outputs that would destroy the model or each other, before anything is computed.
 fn check_io(a: &Args) -> Result<()> {
     crate::common::check_io(
-        &[("--model", a.model.as_deref())],
+        &[
+            ("--model", a.model.as_deref()),
+            ("--noise", a.noise.as_deref()),
+        ],
         &[
             ("--out", Some(&a.out)),
             ("--trajectory", a.trajectory.as_deref()),
