@@ -139,53 +139,63 @@ fn given_noise(
                 .join(", ")
         );
     }
-    let n = s[0];
-    let labels = match (classes, t.remove("labels"), a.class) {
-        (None, None, None) => None,
-        (None, Some(_), _) | (None, _, Some(_)) => bail!(
+    let labels = given_labels(a.class, t.remove("labels"), s[0], classes, file, path)?;
+    Ok((x.to_kind(Kind::Float), labels))
+}
+
+/// The labels of `--noise`'s `n` samples: its tensor `labels`, or `--class` for all; none for
+/// an unconditional model.
+fn given_labels(
+    class: Option<i64>,
+    stored: Option<tch::Tensor>,
+    n: i64,
+    classes: Option<i64>,
+    file: &Path,
+    path: &Path,
+) -> Result<Option<tch::Tensor>> {
+    let (k, y) = match (classes, stored, class) {
+        (None, None, None) => return Ok(None),
+        (None, _, _) => bail!(
             "{} is not class-conditional: the labels of {} (or --class) do not apply",
             path.display(),
             file.display()
         ),
-        (Some(k), Some(y), None) => {
-            if y.size() != [n] || y.kind() != Kind::Int64 {
-                bail!(
-                    "{}: tensor `labels` is {:?} of shape {:?}, want int64 of shape [{n}]",
-                    file.display(),
-                    y.kind(),
-                    y.size()
-                );
-            }
-            let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
-            if lo < 0 || hi >= k {
-                bail!(
-                    "{}: label {} outside {}'s classes 0..{}",
-                    file.display(),
-                    if lo < 0 { lo } else { hi },
-                    path.display(),
-                    k - 1
-                );
-            }
-            Some(y)
-        }
         (Some(_), Some(_), Some(_)) => {
             bail!("{} holds labels: --class does not apply", file.display())
         }
-        (Some(k), None, Some(c)) if (0..k).contains(&c) => {
-            Some(tch::Tensor::full([n], c, (Kind::Int64, Device::Cpu)))
-        }
-        (Some(k), None, Some(c)) => bail!(
-            "--class {c}: {} has the classes 0..{}",
-            path.display(),
-            k - 1
-        ),
         (Some(_), None, None) => bail!(
             "{} is class-conditional: {} needs a tensor `labels` [{n}], or give --class N",
             path.display(),
             file.display()
         ),
+        (Some(k), None, Some(c)) => (k, tch::Tensor::full([n], c, (Kind::Int64, Device::Cpu))),
+        (Some(k), Some(y), None) => (k, y),
     };
-    Ok((x.to_kind(Kind::Float), labels))
+    check_labels(&y, n, k, file, path)?;
+    Ok(Some(y))
+}
+
+/// Checks `--noise`'s labels: int64 `[n]` in the model's classes `0..k`.
+fn check_labels(y: &tch::Tensor, n: i64, k: i64, file: &Path, path: &Path) -> Result<()> {
+    if y.size() != [n] || y.kind() != Kind::Int64 {
+        bail!(
+            "{}: tensor `labels` is {:?} of shape {:?}, want int64 of shape [{n}]",
+            file.display(),
+            y.kind(),
+            y.size()
+        );
+    }
+    let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+    if lo < 0 || hi >= k {
+        bail!(
+            "{}: label {} outside {}'s classes 0..{} (--class or the file's `labels`)",
+            file.display(),
+            if lo < 0 { lo } else { hi },
+            path.display(),
+            k - 1
+        );
+    }
+    Ok(())
 }
 
 /// The noise, labels and count of a draw: `--noise`'s, or the seeded stream's `seeded` with the
